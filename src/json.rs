@@ -1,0 +1,1 @@
+//! A validating, borrowing JSON scanner (being written).

@@ -1,0 +1,27 @@
+//! leadscore: real-time lead scoring on Kafka.
+//!
+//! Lead activity events come in as JSON; each lead keeps a time-decayed score computed by a
+//! declarative model; when a score crosses the model's thresholds a `lead_qualified` or
+//! `lead_disqualified` transition goes out. `replay` runs the same engine over a file.
+//!
+//! Data flow: bytes → [`event::decode`] → [`engine::Engine::apply`] → [`transition::Transition`]
+//! → JSON ([`transition::write_json`]).
+//!
+//! Modules:
+//! - [`time`]: RFC 3339 and duration parsing, millisecond formatting.
+//! - [`json`]: a validating, borrowing JSON scanner for the per-event hot path.
+//! - [`event`]: the input wire format, rejection reasons.
+//! - [`model`]: the scoring model: TOML schema, validation with locations, compiled rules.
+//! - [`engine`]: the pure scoring engine: lead state, decay, rules, crossings, transitions.
+//! - [`transition`]: the output wire format.
+//! - [`replay`]: offline backtest over JSON lines.
+//! - [`cli`]: the command line.
+
+pub mod cli;
+pub mod engine;
+pub mod event;
+pub mod json;
+pub mod model;
+pub mod replay;
+pub mod time;
+pub mod transition;

@@ -1,0 +1,5 @@
+//! The `leadscore` binary: wiring only; everything lives in the library.
+
+fn main() -> std::process::ExitCode {
+    leadscore::cli::main()
+}

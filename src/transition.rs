@@ -1,0 +1,1 @@
+//! Output wire format (being written).
