@@ -15,11 +15,13 @@
 //! - [`engine`]: the pure scoring engine: lead state, decay, rules, crossings, transitions.
 //! - [`transition`]: the output wire format.
 //! - [`replay`]: offline backtest over JSON lines.
+//! - [`generate`]: reproducible synthetic lead activity.
 //! - [`cli`]: the command line.
 
 pub mod cli;
 pub mod engine;
 pub mod event;
+pub mod generate;
 pub mod json;
 pub mod model;
 pub mod replay;

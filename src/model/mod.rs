@@ -187,13 +187,8 @@ impl Model {
 
     /// Reads and compiles a model file.
     pub fn load(path: &Path) -> Result<Model, ModelLoadError> {
-        let src = std::fs::read_to_string(path).map_err(|e| ModelLoadError::Io {
-            path: path.display().to_string(),
-            error: e.to_string(),
-        })?;
-        Model::from_toml(&src).map_err(|errors| ModelLoadError::Invalid {
-            path: path.display().to_string(),
-            errors,
-        })
+        let src = std::fs::read_to_string(path)
+            .map_err(|e| ModelLoadError::Io { path: path.display().to_string(), error: e.to_string() })?;
+        Model::from_toml(&src).map_err(|errors| ModelLoadError::Invalid { path: path.display().to_string(), errors })
     }
 }
