@@ -174,7 +174,10 @@ impl Generator {
     }
 
     fn event(&mut self, out: &mut Vec<u8>) {
-        let (lead, kind) = if let Some((lead, n)) = self.burst {
+        let (lead, kind) = if self.opts.round_robin {
+            // Memory benchmarks: exactly one event per lead per round, no sessions or bursts.
+            (self.lead(), self.rng.below(99))
+        } else if let Some((lead, n)) = self.burst {
             self.burst = (n > 1).then_some((lead, n - 1));
             (lead, 100)
         } else if let Some((lead, n)) = self.session.filter(|_| self.rng.chance(0.7)) {
@@ -224,7 +227,7 @@ impl Generator {
                 write!(out, "\"path\":\"{path}\",\"utm\":{{\"source\":\"{source}\"}}").expect("vec");
             }
             "marketing_interaction" => {
-                if kind == 99 {
+                if kind == 99 && !self.opts.round_robin {
                     // A bot: dozens of clicks from one lead in a burst.
                     self.burst = Some((lead, 20 + self.rng.below(40) as u32));
                 }

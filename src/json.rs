@@ -515,11 +515,8 @@ fn unescape_slow(body: &str, first: usize, lossy: bool) -> Result<String, LoneSu
             Some(b't') => ('\t', 2),
             Some(b'u') => match hex4(b, i + 2) {
                 Some(hi @ 0xD800..=0xDBFF) => {
-                    let lo = if b.get(i + 6) == Some(&b'\\') && b.get(i + 7) == Some(&b'u') {
-                        hex4(b, i + 8)
-                    } else {
-                        None
-                    };
+                    let lo =
+                        if b.get(i + 6) == Some(&b'\\') && b.get(i + 7) == Some(&b'u') { hex4(b, i + 8) } else { None };
                     match lo {
                         Some(lo @ 0xDC00..=0xDFFF) => {
                             let c = 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
@@ -881,8 +878,8 @@ mod tests {
 
     fn arb_edit() -> impl Strategy<Value = Edit> {
         let ch = prop::sample::select(vec![
-            '{', '}', '[', ']', ',', ':', '"', '\\', ' ', '\n', '0', '1', '9', '-', '+', '.', 'e', 'E',
-            't', 'r', 'u', 'f', 'a', 'l', 's', 'n', 'N', 'I', 'D', '8', 'x', '\u{1}', '\u{7f}', 'é', '😀',
+            '{', '}', '[', ']', ',', ':', '"', '\\', ' ', '\n', '0', '1', '9', '-', '+', '.', 'e', 'E', 't', 'r', 'u',
+            'f', 'a', 'l', 's', 'n', 'N', 'I', 'D', '8', 'x', '\u{1}', '\u{7f}', 'é', '😀',
         ]);
         prop_oneof![
             (any::<usize>(), ch.clone()).prop_map(|(i, c)| Edit::Insert(i, c)),

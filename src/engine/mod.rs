@@ -192,42 +192,57 @@ pub struct Engine {
     attr_names: Vec<String>,
     fit_attr: Vec<usize>,
     n_groups: usize,
-    col_fixed: Option<usize>,
-    col_fit: Option<usize>,
-    /// One entry per lead with something due (plus stale ones, skipped): (due, slot, generation).
+    col_fixed: usize,
+    col_fit: usize,
+    /// The clock of the last [`Engine::advance`]: decides which leads `forget_after` has removed.
+    clock: i64,
+    /// When the next sweep of expired leads is due (they are invisible before it; the sweep
+    /// only gives their memory back).
+    next_sweep: i64,
+    /// Pending decay-driven crossings: (due, slot, generation). Stale entries are skipped.
     timers: BinaryHeap<Reverse<(i64, u32, u32)>>,
+    /// Due time of each lead's entry in `timers` (leads without a pending crossing have none):
+    /// kept out of the lead core because most leads never have one.
+    timer_of: HashMap<u32, i64, Hasher>,
     dedup: HashMap<DedupKey, i64, Hasher>,
     dedup_hasher: foldhash::quality::FixedState,
     dedup_prune_at: usize,
-    qualified: usize,
     batch: Vec<u32>,
 }
 
+/// Columns of a lead's row: the ungrouped total, the group totals, `fixed`, `fit`, then one
+/// packed state per limited rule.
 const COL_UNGROUPED: usize = 0;
 const COL_GROUPS: usize = 1;
 
+/// Most groups plus limited rules a model may have (rows have at most 64 columns).
+pub const MAX_GROUPS_AND_LIMITS: usize = 61;
+
+const ZERO: u64 = 0; // 0.0f64.to_bits()
+
 impl Engine {
     /// A new engine with no leads.
+    ///
+    /// # Panics
+    /// If the model has more than [`MAX_GROUPS_AND_LIMITS`] groups and limited rules together
+    /// (`leadscore check` rejects such models).
     pub fn new(model: Arc<Model>) -> Engine {
         let n_groups = model.groups.len();
-        let mut init = vec![0f64.to_bits(); 1 + n_groups];
-        let col_fixed = model.rules.iter().any(|r| !r.decays).then(|| {
-            init.push(0f64.to_bits());
-            init.len() - 1
-        });
-        let col_fit = (!model.fits.is_empty()).then(|| {
-            init.push(0f64.to_bits());
-            init.len() - 1
-        });
-        let mut limit_col = Vec::with_capacity(model.rules.len());
-        for r in &model.rules {
-            if r.limit.is_some() {
-                init.push(NO_WINDOW);
-                limit_col.push(init.len() - 1);
-            } else {
-                limit_col.push(usize::MAX);
-            }
-        }
+        let col_fixed = COL_GROUPS + n_groups;
+        let col_fit = col_fixed + 1;
+        let mut next = col_fit + 1;
+        let limit_col: Vec<usize> = model
+            .rules
+            .iter()
+            .map(|r| match r.limit {
+                Some(_) => {
+                    next += 1;
+                    next - 1
+                }
+                None => usize::MAX,
+            })
+            .collect();
+        assert!(next <= 64, "a model has at most {MAX_GROUPS_AND_LIMITS} groups and limited rules together");
         let mut by_type: HashMap<Box<str>, Vec<u32>, Hasher> = HashMap::with_hasher(store::hasher());
         for (i, r) in model.rules.iter().enumerate() {
             by_type.entry(r.event.as_str().into()).or_default().push(i as u32);
@@ -248,7 +263,7 @@ impl Engine {
         }
         Engine {
             half_life: model.half_life_ms as f64,
-            store: Store::new(init),
+            store: Store::new(next),
             attrs: Vec::new(),
             rules_by_type,
             limit_col,
@@ -257,11 +272,13 @@ impl Engine {
             n_groups,
             col_fixed,
             col_fit,
+            clock: i64::MIN,
+            next_sweep: i64::MIN,
             timers: BinaryHeap::new(),
+            timer_of: HashMap::with_hasher(store::hasher()),
             dedup: HashMap::with_hasher(store::hasher()),
             dedup_hasher: foldhash::quality::FixedState::with_seed(0x6465_6475_7000_0001),
             dedup_prune_at: 1024,
-            qualified: 0,
             batch: Vec::new(),
             model,
         }
@@ -272,38 +289,50 @@ impl Engine {
         &self.model
     }
 
-    /// Leads in state.
-    pub fn tracked_leads(&self) -> usize {
-        self.store.len()
-    }
-
-    /// Leads currently qualified.
-    pub fn qualified_leads(&self) -> usize {
-        self.qualified
+    /// The clock of the last [`Engine::advance`] (`i64::MIN` before the first).
+    pub fn clock(&self) -> i64 {
+        self.clock
     }
 
     #[inline]
     fn f(&self, slot: u32, col: usize) -> f64 {
-        f64::from_bits(self.store.col(slot, col))
+        f64::from_bits(self.store.get(slot, col, ZERO))
+    }
+
+    /// Has `forget_after` removed this lead (the clock is more than `forget_after` past `τ`)?
+    #[inline]
+    fn expired(&self, slot: u32) -> bool {
+        match self.model.forget_after_ms {
+            Some(f) => self.clock > self.store.cores[slot as usize].tau.saturating_add(f),
+            None => false,
+        }
+    }
+
+    /// The slot of a lead in state (not expired).
+    fn find(&self, lead_id: &str) -> Option<u32> {
+        self.store.find(lead_id).filter(|&s| !self.expired(s))
     }
 
     /// `E`: the group totals in file order, then the ungrouped total, at the lead's clock.
     #[inline]
     fn engagement(&self, slot: u32) -> f64 {
-        let cols = self.store.cols_of(slot);
+        let (mask, words) = self.store.row(slot);
+        let (ungrouped, mut i) = if mask & 1 != 0 { (f64::from_bits(words[0]), 1) } else { (0.0, 0) };
         let mut e = 0.0;
-        for g in 0..self.n_groups {
-            e += f64::from_bits(cols[COL_GROUPS + g]);
+        let mut groups = (mask >> COL_GROUPS) & ((1u64 << self.n_groups) - 1);
+        while groups != 0 {
+            // Present group columns are consecutive words after the ungrouped one, in order.
+            e += f64::from_bits(words[i]);
+            i += 1;
+            groups &= groups - 1;
         }
-        e + f64::from_bits(cols[COL_UNGROUPED])
+        e + ungrouped
     }
 
     /// `fit + fixed`: the part of the score that never decays.
     #[inline]
     fn steady(&self, slot: u32) -> f64 {
-        let fit = self.col_fit.map_or(0.0, |c| self.f(slot, c));
-        let fixed = self.col_fixed.map_or(0.0, |c| self.f(slot, c));
-        fit + fixed
+        self.f(slot, self.col_fit) + self.f(slot, self.col_fixed)
     }
 
     /// `score(t)`; times before the clock count as the clock.
@@ -327,8 +356,8 @@ impl Engine {
             _ => (0..self.model.fits.len()).filter(|&i| self.model.fits[i].test.holds(None)).collect(),
         };
         Breakdown {
-            fit: self.col_fit.map_or(0.0, |c| self.f(slot, c)),
-            fixed: self.col_fixed.map_or(0.0, |c| self.f(slot, c)),
+            fit: self.f(slot, self.col_fit),
+            fixed: self.f(slot, self.col_fixed),
             engagement: self.engagement(slot) * d,
             groups: (0..self.n_groups).map(|g| self.f(slot, COL_GROUPS + g) * d).collect(),
             fit_rules,
@@ -362,7 +391,7 @@ impl Engine {
     /// Would [`Engine::apply`] reject this event as a duplicate right now?
     pub fn is_duplicate(&self, ev: &LeadEvent<'_>) -> bool {
         let Some(event_id) = ev.event_id.as_deref() else { return false };
-        let Some(slot) = self.store.find(&ev.lead_id) else { return false };
+        let Some(slot) = self.find(&ev.lead_id) else { return false };
         self.is_remembered(slot, event_id)
     }
 
@@ -375,12 +404,17 @@ impl Engine {
     }
 
     /// Applies one decoded event. Emits at most one transition (the check after the event), and
-    /// schedules the lead's next crossing or removal. Due timers are not fired here: the caller
-    /// decides the clock and calls [`Engine::advance`].
+    /// schedules the lead's next decay-driven crossing. Due crossings are not fired here: the
+    /// caller owns the clock and calls [`Engine::advance`].
     pub fn apply(&mut self, ev: &LeadEvent<'_>, out: &mut impl FnMut(Transition)) -> Applied {
         let t = ev.timestamp_ms;
-        let (slot, new) = self.store.find_or_insert(&ev.lead_id, t);
-        let dedup_key = ev.event_id.as_deref().map(|id| self.dedup_key(slot, id));
+        let (slot, mut new) = self.store.find_or_insert(&ev.lead_id, t);
+        if !new && self.expired(slot) {
+            // Forgotten (not yet swept) and back: it starts afresh.
+            self.store.reset(slot, t);
+            self.timer_of.remove(&slot);
+            new = true;
+        }
         if !new {
             if let Some(id) = ev.event_id.as_deref() {
                 if self.is_remembered(slot, id) {
@@ -388,6 +422,7 @@ impl Engine {
                 }
             }
         }
+        let dedup_key = ev.event_id.as_deref().map(|id| self.dedup_key(slot, id));
         if !self.model.fits.is_empty() {
             if self.attrs.len() <= slot as usize {
                 self.attrs.resize_with(slot as usize + 1, || None);
@@ -395,7 +430,9 @@ impl Engine {
             if new {
                 self.attrs[slot as usize] = None;
                 let fit = self.fit_sum(None);
-                self.store.cols_mut(slot)[self.col_fit.expect("fit column")] = fit.to_bits();
+                if fit != 0.0 {
+                    self.store.set(slot, self.col_fit, fit.to_bits());
+                }
             }
         }
 
@@ -404,9 +441,11 @@ impl Engine {
         let late_factor = if t >= tau {
             if t > tau {
                 let d = decay(t - tau, self.half_life);
-                let cols = self.store.cols_mut(slot);
-                for c in &mut cols[COL_UNGROUPED..COL_GROUPS + self.n_groups] {
-                    *c = (f64::from_bits(*c) * d).to_bits();
+                let (mask, words) = self.store.row_mut(slot);
+                // The ungrouped and group totals are the row's first words, in column order.
+                let n = (mask & ((1u64 << (COL_GROUPS + self.n_groups)) - 1)).count_ones() as usize;
+                for w in &mut words[..n] {
+                    *w = (f64::from_bits(*w) * d).to_bits();
                 }
                 self.store.cores[slot as usize].tau = t;
             }
@@ -427,42 +466,37 @@ impl Engine {
                 if !holds {
                     continue;
                 }
-                let cols = self.store.cols_mut(slot);
                 if let Some(limit) = rule.limit {
                     let col = self.limit_col[ri as usize];
-                    let window = (t.div_euclid(limit.per_ms)) as u64;
-                    let packed = cols[col];
-                    let scored = if packed == NO_WINDOW || window > packed >> 16 {
-                        cols[col] = window << 16 | 1;
-                        true
+                    let window = t.div_euclid(limit.per_ms) as u64;
+                    let packed = self.store.get(slot, col, NO_WINDOW);
+                    let (state, scored) = if packed == NO_WINDOW || window > packed >> 16 {
+                        (window << 16 | 1, true)
                     } else if window == packed >> 16 {
                         let count = packed & 0xffff;
-                        cols[col] = window << 16 | (count + 1).min(0xffff);
-                        count < u64::from(limit.count)
+                        (window << 16 | (count + 1).min(0xffff), count < u64::from(limit.count))
                     } else {
-                        false
+                        (packed, false)
                     };
+                    self.store.set(slot, col, state);
                     if !scored {
                         continue;
                     }
                 }
-                if !rule.decays {
-                    let c = self.col_fixed.expect("fixed column");
-                    cols[c] = (f64::from_bits(cols[c]) + rule.points).to_bits();
-                    continue;
-                }
-                let p = if late_factor == 1.0 { rule.points } else { rule.points * late_factor };
-                match rule.group {
-                    Some(g) => {
-                        let group = &model.groups[g];
-                        let c = &mut cols[COL_GROUPS + g];
-                        *c = (f64::from_bits(*c) + p).max(group.floor).min(group.cap).to_bits();
+                let (col, value) = if !rule.decays {
+                    (self.col_fixed, self.f(slot, self.col_fixed) + rule.points)
+                } else {
+                    let p = if late_factor == 1.0 { rule.points } else { rule.points * late_factor };
+                    match rule.group {
+                        Some(g) => {
+                            let group = &model.groups[g];
+                            let total = self.f(slot, COL_GROUPS + g) + p;
+                            (COL_GROUPS + g, total.max(group.floor).min(group.cap))
+                        }
+                        None => (COL_UNGROUPED, self.f(slot, COL_UNGROUPED) + p),
                     }
-                    None => {
-                        let c = &mut cols[COL_UNGROUPED];
-                        *c = (f64::from_bits(*c) + p).to_bits();
-                    }
-                }
+                };
+                self.store.set(slot, col, value.to_bits());
             }
         }
 
@@ -512,7 +546,9 @@ impl Engine {
             }
         });
         let fit = self.fit_sum(Some(&attrs));
-        self.store.cols_mut(slot)[self.col_fit.expect("fit column")] = fit.to_bits();
+        if fit != self.f(slot, self.col_fit) {
+            self.store.set(slot, self.col_fit, fit.to_bits());
+        }
         self.attrs[slot as usize] = Some(attrs);
     }
 
@@ -524,10 +560,6 @@ impl Engine {
         core.last_at = at;
         core.transitions += 1;
         let n = core.transitions;
-        match kind {
-            TransitionKind::Qualified => self.qualified += 1,
-            TransitionKind::Disqualified => self.qualified -= 1,
-        }
         let threshold = match kind {
             TransitionKind::Qualified => self.model.qualify_at,
             TransitionKind::Disqualified => self.model.disqualify_below,
@@ -555,14 +587,14 @@ impl Engine {
             }
             self.model.qualify_at
         };
-        let t = core.tau as f64 + self.half_life * (e / (threshold - steady)).log2();
-        let t = t.ceil();
+        let t = (core.tau as f64 + self.half_life * (e / (threshold - steady)).log2()).ceil();
         if !t.is_finite() || t > MAX_TIMESTAMP_MS as f64 {
             return i64::MAX;
         }
         (t as i64).max(core.tau.max(core.last_at))
     }
 
+    /// The clock at which `forget_after` removes the lead (`i64::MAX`: never).
     fn forget_due(&self, slot: u32) -> i64 {
         match self.model.forget_after_ms {
             // Removed once the clock is *more than* forget_after past τ.
@@ -571,20 +603,25 @@ impl Engine {
         }
     }
 
-    /// Makes sure the heap holds an entry at or before the lead's next due time. Entries are
-    /// lazy: one that pops early (the lead's clock moved since) is pushed again at the new time,
-    /// so the heap holds about one entry per lead however many events the lead gets.
+    /// Makes sure the heap holds an entry at or before the lead's next crossing. Entries are
+    /// lazy: one that pops early (new points pushed the crossing later) is pushed again at the
+    /// new time, so the heap holds about one entry per lead however many events the lead gets.
     fn schedule(&mut self, slot: u32) {
-        let due = self.crossing_due(slot).min(self.forget_due(slot));
-        let core = &mut self.store.cores[slot as usize];
-        if due < core.timer {
-            core.timer = due;
-            self.timers.push(Reverse((due, slot, core.gen)));
+        let due = self.crossing_due(slot);
+        // A crossing after the lead's removal never happens (at the same time: crossing first).
+        if due == i64::MAX || due > self.forget_due(slot) {
+            return;
+        }
+        let current = self.timer_of.get(&slot).copied().unwrap_or(i64::MAX);
+        if due < current {
+            self.timer_of.insert(slot, due);
+            self.timers.push(Reverse((due, slot, self.store.cores[slot as usize].gen)));
         }
     }
 
-    /// Moves the clock to `clock`: fires every crossing and removal due at or before it, in order
-    /// of time, then of lead id (bytewise), a crossing before a removal of the same lead.
+    /// Moves the clock to `clock` (never backwards): fires every crossing due at or before it,
+    /// in order of time, then of lead id (bytewise); leads `forget_after` past their last event
+    /// leave the state (a crossing due at the same time fires first).
     pub fn advance(&mut self, clock: i64, out: &mut impl FnMut(Transition)) {
         while let Some(&Reverse((due, _, _))) = self.timers.peek() {
             if due > clock {
@@ -598,7 +635,7 @@ impl Engine {
                 }
                 self.timers.pop();
                 let core = &self.store.cores[slot as usize];
-                if core.live && core.gen == gen && core.timer == due {
+                if core.live && core.gen == gen && self.timer_of.get(&slot) == Some(&due) {
                     batch.push(slot);
                 }
             }
@@ -609,37 +646,43 @@ impl Engine {
             }
             self.batch = batch;
         }
+        self.clock = self.clock.max(clock);
+        if let Some(f) = self.model.forget_after_ms {
+            if self.clock >= self.next_sweep {
+                self.sweep();
+                self.next_sweep = self.clock.saturating_add((f / 4).max(1));
+            }
+        }
     }
 
     fn fire(&mut self, slot: u32, due: i64, out: &mut impl FnMut(Transition)) {
-        self.store.cores[slot as usize].timer = i64::MAX;
+        self.timer_of.remove(&slot);
         let crossing = self.crossing_due(slot);
-        if crossing <= due {
+        if crossing <= due && crossing <= self.forget_due(slot) {
             let core = self.store.cores[slot as usize];
             let kind = if core.qualified { TransitionKind::Disqualified } else { TransitionKind::Qualified };
             let threshold = match kind {
                 TransitionKind::Qualified => self.model.qualify_at,
                 TransitionKind::Disqualified => self.model.disqualify_below,
             };
-            let at = crossing.max(core.last_at);
-            out(self.transition(slot, kind, at, threshold, None));
+            out(self.transition(slot, kind, crossing, threshold, None));
         }
-        if self.forget_due(slot) <= due {
-            self.forget(slot);
-        } else {
-            self.schedule(slot);
-        }
+        self.schedule(slot);
     }
 
-    fn forget(&mut self, slot: u32) {
-        if self.store.cores[slot as usize].qualified {
-            self.qualified -= 1;
+    /// Gives back the memory of leads that `forget_after` has removed (they are already
+    /// invisible: see [`Engine::expired`]). Amortized: runs once per quarter of `forget_after`
+    /// of clock.
+    fn sweep(&mut self) {
+        let expired: Vec<u32> = self.store.live_slots().filter(|&s| self.expired(s)).collect();
+        for slot in expired {
+            if let Some(a) = self.attrs.get_mut(slot as usize) {
+                *a = None;
+            }
+            self.timer_of.remove(&slot);
+            // Its dedup entries and heap entries die with the generation.
+            self.store.remove(slot);
         }
-        if let Some(a) = self.attrs.get_mut(slot as usize) {
-            *a = None;
-        }
-        // Its dedup entries die with the generation; the next prune drops them.
-        self.store.remove(slot);
     }
 
     /// Drops remembered event ids that can no longer make a duplicate: their lead is gone, or
@@ -655,9 +698,9 @@ impl Engine {
         self.dedup_prune_at = (self.dedup.len() * 2).max(1024);
     }
 
-    /// A lead's score, flag, clock and breakdown at `now`.
+    /// A lead's score, flag, clock and breakdown at `now`; `None` for a lead not in state.
     pub fn lead(&self, lead_id: &str, now: i64) -> Option<LeadView> {
-        let slot = self.store.find(lead_id)?;
+        let slot = self.find(lead_id)?;
         let core = &self.store.cores[slot as usize];
         Some(LeadView {
             lead_id: lead_id.to_owned(),
@@ -669,9 +712,13 @@ impl Engine {
         })
     }
 
+    fn tracked_slots(&self) -> impl Iterator<Item = u32> + '_ {
+        self.store.live_slots().filter(|&s| !self.expired(s))
+    }
+
     /// Ids of all tracked leads (in slot order; not sorted).
     pub fn lead_ids(&self) -> impl Iterator<Item = &str> + '_ {
-        self.store.live_slots().map(|s| self.store.id(s))
+        self.tracked_slots().map(|s| self.store.id(s))
     }
 
     /// Lead count, qualified count and score sum at `now`.
@@ -682,9 +729,12 @@ impl Engine {
     /// [`Engine::totals`], also handing every lead's current score to `each` (for distributions).
     pub fn totals_with(&self, now: i64, mut each: impl FnMut(f64)) -> Totals {
         let (mut sum, mut comp) = (0.0f64, 0.0f64);
-        for slot in self.store.live_slots() {
+        let (mut leads, mut qualified) = (0usize, 0usize);
+        for slot in self.tracked_slots() {
             let s = self.score_at(slot, now);
             each(s);
+            leads += 1;
+            qualified += usize::from(self.store.cores[slot as usize].qualified);
             // Neumaier summation: the sum of millions of scores keeps its last digits.
             let t = sum + s;
             if sum.abs() >= s.abs() {
@@ -694,7 +744,7 @@ impl Engine {
             }
             sum = t;
         }
-        Totals { leads: self.store.len(), qualified: self.qualified, score_sum: sum + comp }
+        Totals { leads, qualified, score_sum: sum + comp }
     }
 
     /// Remembered event ids (for memory accounting).
