@@ -102,7 +102,7 @@ fn parse_time_arg(s: &str) -> Result<i64> {
     }
 }
 
-fn load_model(path: &PathBuf) -> Result<Model> {
+fn load_model(path: &std::path::Path) -> Result<Model> {
     match Model::load(path) {
         Ok(m) => Ok(m),
         Err(ModelLoadError::Invalid { path, errors }) => {
@@ -150,7 +150,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             event_ids,
             round_robin,
         } => {
-            if leads == 0 || !(rate > 0.0) {
+            if leads == 0 || rate.is_nan() || rate <= 0.0 {
                 bail!("--leads and --rate must be positive");
             }
             let mut opts = crate::generate::GenerateOptions {

@@ -374,7 +374,15 @@ pub fn scan_event(src: &str) -> Result<Document<'_>, SyntaxError> {
         loop {
             let (ks, ke, escaped) = s.key()?;
             let vs = s.i;
-            s.value(1)?;
+            // Scalars inline (the common case); containers through the generic skipper.
+            match s.peek() {
+                Some(b'"') => {
+                    s.i += 1;
+                    s.string_body()?;
+                }
+                Some(b'-' | b'0'..=b'9') => s.number()?,
+                _ => s.value(1)?,
+            }
             let value = src.get(vs..s.i);
             let key = src.get(ks..ke).unwrap_or_default();
             let slot = if escaped { field_slot_escaped(key) } else { field_slot(key) };
@@ -462,11 +470,21 @@ pub fn is_integer(raw: &str) -> bool {
     !digits.is_empty() && digits.iter().all(u8::is_ascii_digit)
 }
 
+/// The first backslash; short strings (ids, types, keys) without memchr's dispatch cost.
+#[inline]
+fn find_backslash(b: &[u8]) -> Option<usize> {
+    if b.len() <= 32 {
+        b.iter().position(|&c| c == b'\\')
+    } else {
+        memchr::memchr(b'\\', b)
+    }
+}
+
 /// Unescapes a string body (the text between the quotes of a valid JSON string). Borrows when
 /// there is no escape. A lone surrogate escape is an error.
 #[inline]
 pub fn unescape(body: &str) -> Result<Cow<'_, str>, LoneSurrogate> {
-    match memchr::memchr(b'\\', body.as_bytes()) {
+    match find_backslash(body.as_bytes()) {
         None => Ok(Cow::Borrowed(body)),
         Some(first) => unescape_slow(body, first, false).map(Cow::Owned),
     }
@@ -475,7 +493,7 @@ pub fn unescape(body: &str) -> Result<Cow<'_, str>, LoneSurrogate> {
 /// [`unescape`], replacing each lone surrogate escape by U+FFFD.
 #[inline]
 pub fn unescape_lossy(body: &str) -> Cow<'_, str> {
-    match memchr::memchr(b'\\', body.as_bytes()) {
+    match find_backslash(body.as_bytes()) {
         None => Cow::Borrowed(body),
         Some(first) => Cow::Owned(unescape_slow(body, first, true).unwrap_or_default()),
     }
@@ -544,7 +562,7 @@ fn unescape_slow(body: &str, first: usize, lossy: bool) -> Result<String, LoneSu
 /// Does the escaped key body `raw` unescape (lossily) to `name`?
 #[inline]
 pub fn key_eq(raw: &str, name: &str) -> bool {
-    if memchr::memchr(b'\\', raw.as_bytes()).is_none() {
+    if find_backslash(raw.as_bytes()).is_none() {
         raw == name
     } else {
         // Unescaping never lengthens text.

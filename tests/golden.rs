@@ -179,18 +179,7 @@ fn assert_field_order(line: &str) {
     let j = parse(line);
     assert_eq!(
         keys(&j),
-        [
-            "id",
-            "type",
-            "lead_id",
-            "model",
-            "model_version",
-            "score",
-            "threshold",
-            "at",
-            "trigger",
-            "breakdown"
-        ],
+        ["id", "type", "lead_id", "model", "model_version", "score", "threshold", "at", "trigger", "breakdown"],
         "top-level fields of {line}"
     );
     assert_eq!(
@@ -264,12 +253,7 @@ fn bd(fit: f64, fixed: f64, engagement: f64, groups: Value, fit_rules: &[&str]) 
 
 fn assert_transitions(run: &Run, expected: &[Value]) {
     let pretty = |v: &[Value]| v.iter().map(|t| format!("  {t}\n")).collect::<String>();
-    assert!(
-        run.out == expected,
-        "transitions differ\n got:\n{}\n expected:\n{}",
-        pretty(&run.out),
-        pretty(expected)
-    );
+    assert!(run.out == expected, "transitions differ\n got:\n{}\n expected:\n{}", pretty(&run.out), pretty(expected));
 }
 
 fn rejected(s: &Summary, reason: &str) -> u64 {
@@ -317,8 +301,17 @@ fn decay_halves_points_each_half_life_and_scores_at_the_check_time() {
     //     t0+2h: E = 24·0.5 + 16 = 28 >= 25: qualified at t0+2h, score 28.
     // l2: t0: E = 16; never qualifies.
     let r = run(DECAY_MODEL, &events, None);
-    let q1 = tr(Q, "l1", 1, "2026-12-01T02:00:00.000Z", 28.0, 25.0, trig(Some("d"), "website_visit"), bd(0.0, 0.0, 28.0, json!({}), &[]));
-    assert_transitions(&r, &[q1.clone()]);
+    let q1 = tr(
+        Q,
+        "l1",
+        1,
+        "2026-12-01T02:00:00.000Z",
+        28.0,
+        25.0,
+        trig(Some("d"), "website_visit"),
+        bd(0.0, 0.0, 28.0, json!({}), &[]),
+    );
+    assert_transitions(&r, std::slice::from_ref(&q1));
     // Final watermark t0+2h: l1 = 28, l2 = 16·0.25 = 4; average (28 + 4) / 2 = 16.
     let s = &r.summary;
     assert_eq!((s.events, s.leads, s.qualified, s.transitions), (4, 2, 1, 1));
@@ -328,7 +321,7 @@ fn decay_halves_points_each_half_life_and_scores_at_the_check_time() {
     // --until t0+3h: l1 = 28·0.5 = 14 (still >= 10: qualified), l2 = 16·0.125 = 2; average 8.
     // l1 sinks to 10 at t0+2h + 1h·log2(28/10) ≈ t0+3.49h, after the until: no new transition.
     let r = run(DECAY_MODEL, &events, Some(T0 + 3 * H));
-    assert_transitions(&r, &[q1.clone()]);
+    assert_transitions(&r, std::slice::from_ref(&q1));
     assert_eq!((r.summary.leads, r.summary.qualified), (2, 1));
     assert_eq!(r.summary.average_score, 8.0);
     assert_eq!(r.summary.at.as_deref(), Some("2026-12-01T03:00:00.000Z"));
@@ -339,7 +332,16 @@ fn decay_halves_points_each_half_life_and_scores_at_the_check_time() {
     let c = crossing(T0 + 2 * H, H, 0.0, 28.0, 10.0);
     assert_eq!(c, T0 + 2 * H + 5_347_537);
     let r = run(DECAY_MODEL, &events, Some(T0 + 4 * H));
-    let dq = tr(DQ, "l1", 2, "2026-12-01T03:29:07.537Z", 10.0, 10.0, Value::Null, bd(0.0, 0.0, 28.0 * decay(c - (T0 + 2 * H), H), json!({}), &[]));
+    let dq = tr(
+        DQ,
+        "l1",
+        2,
+        "2026-12-01T03:29:07.537Z",
+        10.0,
+        10.0,
+        Value::Null,
+        bd(0.0, 0.0, 28.0 * decay(c - (T0 + 2 * H), H), json!({}), &[]),
+    );
     assert_transitions(&r, &[q1, dq]);
     // At t0+4h: l1 = 28·0.25 = 7, l2 = 16/16 = 1; average 4.
     assert_eq!((r.summary.leads, r.summary.qualified, r.summary.transitions), (2, 0, 2));
@@ -431,9 +433,36 @@ points = 110.0
     assert_transitions(
         &r,
         &[
-            tr(Q, "order", 1, "2026-12-01T00:00:00.000Z", 138.0, 100.0, probe(), bd(0.0, 0.0, 138.0, json!({"web": 20.0, "social": 8.0}), &[])),
-            tr(Q, "cap", 1, "2026-12-01T01:00:00.000Z", 125.0, 100.0, probe(), bd(0.0, 0.0, 125.0, json!({"web": 15.0, "social": 0.0}), &[])),
-            tr(Q, "floor", 1, "2026-12-01T02:00:00.000Z", 100.0, 100.0, probe(), bd(0.0, 0.0, 100.0, json!({"web": -10.0, "social": 0.0}), &[])),
+            tr(
+                Q,
+                "order",
+                1,
+                "2026-12-01T00:00:00.000Z",
+                138.0,
+                100.0,
+                probe(),
+                bd(0.0, 0.0, 138.0, json!({"web": 20.0, "social": 8.0}), &[]),
+            ),
+            tr(
+                Q,
+                "cap",
+                1,
+                "2026-12-01T01:00:00.000Z",
+                125.0,
+                100.0,
+                probe(),
+                bd(0.0, 0.0, 125.0, json!({"web": 15.0, "social": 0.0}), &[]),
+            ),
+            tr(
+                Q,
+                "floor",
+                1,
+                "2026-12-01T02:00:00.000Z",
+                100.0,
+                100.0,
+                probe(),
+                bd(0.0, 0.0, 100.0, json!({"web": -10.0, "social": 0.0}), &[]),
+            ),
         ],
     );
     // Groups are listed in model order.
@@ -494,8 +523,26 @@ points = -20.0
     assert_transitions(
         &r,
         &[
-            tr(Q, "l", 1, "2026-12-01T02:00:00.000Z", 44.0, 40.0, trig(Some("l4"), "demo_request"), bd(0.0, 8.0, 36.0, json!({}), &[])),
-            tr(DQ, "l", 2, "2026-12-01T02:00:00.000Z", 24.0, 30.0, trig(Some("l5"), "unsubscribe"), bd(0.0, 8.0, 16.0, json!({}), &[])),
+            tr(
+                Q,
+                "l",
+                1,
+                "2026-12-01T02:00:00.000Z",
+                44.0,
+                40.0,
+                trig(Some("l4"), "demo_request"),
+                bd(0.0, 8.0, 36.0, json!({}), &[]),
+            ),
+            tr(
+                DQ,
+                "l",
+                2,
+                "2026-12-01T02:00:00.000Z",
+                24.0,
+                30.0,
+                trig(Some("l5"), "unsubscribe"),
+                bd(0.0, 8.0, 16.0, json!({}), &[]),
+            ),
         ],
     );
     let s = &r.summary;
@@ -550,7 +597,16 @@ limit = { count = 2, per = "1h" }
     let r = run(model_src, &events, None);
     assert_transitions(
         &r,
-        &[tr(Q, "q", 1, "2026-12-01T02:00:00.000Z", 40.0, 40.0, trig(Some("q6"), "website_visit"), bd(0.0, 40.0, 0.0, json!({}), &[]))],
+        &[tr(
+            Q,
+            "q",
+            1,
+            "2026-12-01T02:00:00.000Z",
+            40.0,
+            40.0,
+            trig(Some("q6"), "website_visit"),
+            bd(0.0, 40.0, 0.0, json!({}), &[]),
+        )],
     );
     // q = 60, r = 10: average 35.
     let s = &r.summary;
@@ -610,9 +666,36 @@ decays = false
     assert_transitions(
         &r,
         &[
-            tr(Q, "h", 1, "2026-12-01T01:00:00.000Z", 60.0, 60.0, trig(Some("h2"), "demo_request"), bd(0.0, 60.0, 0.0, json!({}), &[])),
-            tr(DQ, "h", 2, "2026-12-01T05:00:00.000Z", 30.0, 45.0, trig(Some("h6"), "complaint"), bd(0.0, 30.0, 0.0, json!({}), &[])),
-            tr(Q, "h", 3, "2026-12-01T07:00:00.000Z", 60.0, 60.0, trig(Some("h8"), "webinar_registration"), bd(0.0, 60.0, 0.0, json!({}), &[])),
+            tr(
+                Q,
+                "h",
+                1,
+                "2026-12-01T01:00:00.000Z",
+                60.0,
+                60.0,
+                trig(Some("h2"), "demo_request"),
+                bd(0.0, 60.0, 0.0, json!({}), &[]),
+            ),
+            tr(
+                DQ,
+                "h",
+                2,
+                "2026-12-01T05:00:00.000Z",
+                30.0,
+                45.0,
+                trig(Some("h6"), "complaint"),
+                bd(0.0, 30.0, 0.0, json!({}), &[]),
+            ),
+            tr(
+                Q,
+                "h",
+                3,
+                "2026-12-01T07:00:00.000Z",
+                60.0,
+                60.0,
+                trig(Some("h8"), "webinar_registration"),
+                bd(0.0, 60.0, 0.0, json!({}), &[]),
+            ),
         ],
     );
     assert_eq!((r.summary.qualified, r.summary.transitions), (1, 3));
@@ -654,21 +737,57 @@ const CROSSING_EVENTS: [&str; 4] = [
 /// The transitions of `CROSSING_EVENTS` with no `--until`, derived in the test below.
 fn crossing_transitions() -> Vec<Value> {
     // d: fit 20 (job_title "VP Sales"); t0: E = 48; score 68 >= 60: qualified at t0.
-    let d1 = tr(Q, "d", 1, "2026-12-01T00:00:00.000Z", 68.0, 60.0, trig(Some("d2"), "trial_activation"), bd(20.0, 0.0, 48.0, json!({}), &["senior"]));
+    let d1 = tr(
+        Q,
+        "d",
+        1,
+        "2026-12-01T00:00:00.000Z",
+        68.0,
+        60.0,
+        trig(Some("d2"), "trial_activation"),
+        bd(20.0, 0.0, 48.0, json!({}), &["senior"]),
+    );
     // d sinks to 45 when 20 + 48·2^(-dt/1h) = 45: dt = 1h·log2(48/25) = 3 387 982.72 ms, rounded
     // up: t0 + 3 387 983 ms = 00:56:27.983. The event at t0+1h moves the watermark past it, so d's
     // disqualification comes out before x's qualification. Score = the threshold, 45; trigger null;
     // engagement = 48·decay(3 387 983 ms) (not exact: the spec's formula).
     let c = crossing(T0, H, 20.0, 48.0, 45.0);
     assert_eq!(c, T0 + 3_387_983);
-    let d2 = tr(DQ, "d", 2, "2026-12-01T00:56:27.983Z", 45.0, 45.0, Value::Null, bd(20.0, 0.0, 48.0 * decay(c - T0, H), json!({}), &["senior"]));
+    let d2 = tr(
+        DQ,
+        "d",
+        2,
+        "2026-12-01T00:56:27.983Z",
+        45.0,
+        45.0,
+        Value::Null,
+        bd(20.0, 0.0, 48.0 * decay(c - T0, H), json!({}), &["senior"]),
+    );
     // x: t0+1h: E = 64 >= 60: qualified at t0+1h.
-    let x1 = tr(Q, "x", 1, "2026-12-01T01:00:00.000Z", 64.0, 60.0, trig(Some("x1"), "demo_request"), bd(0.0, 0.0, 64.0, json!({}), &[]));
+    let x1 = tr(
+        Q,
+        "x",
+        1,
+        "2026-12-01T01:00:00.000Z",
+        64.0,
+        60.0,
+        trig(Some("x1"), "demo_request"),
+        bd(0.0, 0.0, 64.0, json!({}), &[]),
+    );
     // d, late by 1h (t0-1h < τ = t0): 64·0.5 = 32 added at τ: E = 80. Check at
     // a = max(τ = t0, previous at = 00:56:27.983) = 00:56:27.983: score 20 + 80·decay(c - t0)
     // ≈ 61.67 >= 60: qualified at the previous transition's time, not at τ (not exact: formula).
     let d3_e = 80.0 * decay(c - T0, H);
-    let d3 = tr(Q, "d", 3, "2026-12-01T00:56:27.983Z", 20.0 + d3_e, 60.0, trig(Some("d3"), "demo_request"), bd(20.0, 0.0, d3_e, json!({}), &["senior"]));
+    let d3 = tr(
+        Q,
+        "d",
+        3,
+        "2026-12-01T00:56:27.983Z",
+        20.0 + d3_e,
+        60.0,
+        trig(Some("d3"), "demo_request"),
+        bd(20.0, 0.0, d3_e, json!({}), &["senior"]),
+    );
     vec![d1, d2, x1, d3]
 }
 
@@ -696,8 +815,26 @@ fn decay_driven_disqualifications_fire_at_the_end_with_until() {
     let cd = crossing(T0, H, 20.0, 80.0, 45.0);
     assert_eq!(cd, T0 + 6_041_059);
     let mut expected = crossing_transitions();
-    expected.push(tr(DQ, "x", 2, "2026-12-01T01:30:29.329Z", 45.0, 45.0, Value::Null, bd(0.0, 0.0, 64.0 * decay(cx - (T0 + H), H), json!({}), &[])));
-    expected.push(tr(DQ, "d", 4, "2026-12-01T01:40:41.059Z", 45.0, 45.0, Value::Null, bd(20.0, 0.0, 80.0 * decay(cd - T0, H), json!({}), &["senior"])));
+    expected.push(tr(
+        DQ,
+        "x",
+        2,
+        "2026-12-01T01:30:29.329Z",
+        45.0,
+        45.0,
+        Value::Null,
+        bd(0.0, 0.0, 64.0 * decay(cx - (T0 + H), H), json!({}), &[]),
+    ));
+    expected.push(tr(
+        DQ,
+        "d",
+        4,
+        "2026-12-01T01:40:41.059Z",
+        45.0,
+        45.0,
+        Value::Null,
+        bd(20.0, 0.0, 80.0 * decay(cd - T0, H), json!({}), &["senior"]),
+    ));
     assert_transitions(&r, &expected);
     // At t0+3h: d = 20 + 80/8 = 30, x = 64/4 = 16; average 23.
     let s = &r.summary;
@@ -752,14 +889,59 @@ points = 70.0
     assert_transitions(
         &r,
         &[
-            tr(Q, "n", 1, "2026-12-01T00:00:00.000Z", 70.0, 60.0, trig(Some("n1"), "profile_update"), bd(70.0, 0.0, 0.0, json!({}), size)),
-            tr(DQ, "n", 2, "2026-12-01T00:00:00.000Z", 30.0, 50.0, trig(Some("n2"), "unsubscribe"), bd(70.0, 0.0, -40.0, json!({}), size)),
-            tr(Q, "M", 1, "2026-12-01T00:00:00.000Z", 70.0, 60.0, trig(Some("m1"), "profile_update"), bd(70.0, 0.0, 0.0, json!({}), size)),
-            tr(DQ, "M", 2, "2026-12-01T00:00:00.000Z", 30.0, 50.0, trig(Some("m2"), "unsubscribe"), bd(70.0, 0.0, -40.0, json!({}), size)),
+            tr(
+                Q,
+                "n",
+                1,
+                "2026-12-01T00:00:00.000Z",
+                70.0,
+                60.0,
+                trig(Some("n1"), "profile_update"),
+                bd(70.0, 0.0, 0.0, json!({}), size),
+            ),
+            tr(
+                DQ,
+                "n",
+                2,
+                "2026-12-01T00:00:00.000Z",
+                30.0,
+                50.0,
+                trig(Some("n2"), "unsubscribe"),
+                bd(70.0, 0.0, -40.0, json!({}), size),
+            ),
+            tr(
+                Q,
+                "M",
+                1,
+                "2026-12-01T00:00:00.000Z",
+                70.0,
+                60.0,
+                trig(Some("m1"), "profile_update"),
+                bd(70.0, 0.0, 0.0, json!({}), size),
+            ),
+            tr(
+                DQ,
+                "M",
+                2,
+                "2026-12-01T00:00:00.000Z",
+                30.0,
+                50.0,
+                trig(Some("m2"), "unsubscribe"),
+                bd(70.0, 0.0, -40.0, json!({}), size),
+            ),
             tr(Q, "M", 3, "2026-12-01T02:00:00.000Z", 60.0, 60.0, Value::Null, bd(70.0, 0.0, -10.0, json!({}), size)),
             tr(Q, "n", 3, "2026-12-01T02:00:00.000Z", 60.0, 60.0, Value::Null, bd(70.0, 0.0, -10.0, json!({}), size)),
             // y: E = 64, no fit: qualified at t0+2h.
-            tr(Q, "y", 1, "2026-12-01T02:00:00.000Z", 64.0, 60.0, trig(Some("y1"), "demo_request"), bd(0.0, 0.0, 64.0, json!({}), &[])),
+            tr(
+                Q,
+                "y",
+                1,
+                "2026-12-01T02:00:00.000Z",
+                64.0,
+                60.0,
+                trig(Some("y1"), "demo_request"),
+                bd(0.0, 0.0, 64.0, json!({}), &[]),
+            ),
         ],
     );
     // At t0+2h: n = M = 60, y = 64; average 184 / 3.
@@ -799,7 +981,8 @@ decays = false
         // is forgotten (the dedup window is 1d: the old lead would have called it a duplicate).
         r#"{"lead_id":"f","type":"demo_request","timestamp":"2026-12-01T03:00:00Z","event_id":"f1"}"#,
     ];
-    let f1 = |at: &str| tr(Q, "f", 1, at, 16.0, 10.0, trig(Some("f1"), "demo_request"), bd(0.0, 16.0, 0.0, json!({}), &[]));
+    let f1 =
+        |at: &str| tr(Q, "f", 1, at, 16.0, 10.0, trig(Some("f1"), "demo_request"), bd(0.0, 16.0, 0.0, json!({}), &[]));
 
     // Up to g2 (watermark t0+2h): f (16) and g (0): 2 leads, average 8.
     let r = run(model_src, &events[..3], None);
@@ -834,49 +1017,52 @@ decays = false
 
 #[test]
 fn duplicates_inside_the_window_change_nothing() {
-    let model_src = r#"
+    // Event type `tK` scores 2^(K-1) fixed points, so a lead's final score is the sum of the
+    // powers of two of exactly the events that were accepted.
+    let mut model_src = String::from(
+        r#"
 name = "golden"
 version = "v1"
 [score]
 qualify_at = 1000.0
 half_life = "1h"
 dedup_window = "1h"
-[[rule]]
-id = "visit"
-event = "website_visit"
-points = 10.0
-decays = false
-"#;
+"#,
+    );
+    for k in 1..=7 {
+        let points = f64::from(1u32 << (k - 1));
+        model_src += &format!("[[rule]]\nid = \"r{k}\"\nevent = \"t{k}\"\npoints = {points:?}\ndecays = false\n");
+    }
     let events = [
-        // a: 10; e-1 remembered with τ = t0.
-        r#"{"lead_id":"a","type":"website_visit","timestamp":"2026-12-01T00:00:00Z","event_id":"e-1"}"#,
-        // Duplicate (t0 >= τ - 1h).
-        r#"{"lead_id":"a","type":"website_visit","timestamp":"2026-12-01T00:00:00Z","event_id":"e-1"}"#,
-        // a: 20; τ = t0+1h; e-2 remembered with t0+1h.
-        r#"{"lead_id":"a","type":"website_visit","timestamp":"2026-12-01T01:00:00Z","event_id":"e-2"}"#,
-        // e-1 at t0 >= τ - 1h = t0 ("no older than"): duplicate, whatever its own timestamp.
-        r#"{"lead_id":"a","type":"website_visit","timestamp":"2026-12-01T00:10:00Z","event_id":"e-1"}"#,
-        // a: 30; τ = t0+1h+1ms.
-        r#"{"lead_id":"a","type":"website_visit","timestamp":"2026-12-01T01:00:00.001Z","event_id":"e-3"}"#,
-        // e-1 at t0 < τ - 1h = t0+1ms: forgotten, accepted again (late, fixed: +10): a = 40.
-        r#"{"lead_id":"a","type":"website_visit","timestamp":"2026-12-01T00:00:00Z","event_id":"e-1"}"#,
-        // e-2 at t0+1h >= τ - 1h = t0+1ms, τ as before this event: duplicate (the check comes
+        // 1: a = 1; e-1 remembered with τ = t0.
+        r#"{"lead_id":"a","type":"t1","timestamp":"2026-12-01T00:00:00Z","event_id":"e-1"}"#,
+        // 2: duplicate (t0 >= τ - 1h); only the event id counts, not the type.
+        r#"{"lead_id":"a","type":"t2","timestamp":"2026-12-01T00:00:00Z","event_id":"e-1"}"#,
+        // 3: a += 4; τ = t0+1h; e-2 remembered with t0+1h.
+        r#"{"lead_id":"a","type":"t3","timestamp":"2026-12-01T01:00:00Z","event_id":"e-2"}"#,
+        // 4: e-1 at t0 >= τ - 1h = t0 ("no older than"): duplicate, whatever its own timestamp.
+        r#"{"lead_id":"a","type":"t4","timestamp":"2026-12-01T00:10:00Z","event_id":"e-1"}"#,
+        // 5: a += 16; τ = t0+1h+1ms.
+        r#"{"lead_id":"a","type":"t5","timestamp":"2026-12-01T01:00:00.001Z","event_id":"e-3"}"#,
+        // 6: e-1 at t0 < τ - 1h = t0+1ms: outside the window, accepted again (late, fixed): a += 32.
+        r#"{"lead_id":"a","type":"t6","timestamp":"2026-12-01T00:00:00Z","event_id":"e-1"}"#,
+        // 7: e-2 at t0+1h >= τ - 1h = t0+1ms, τ as before this event: duplicate (the check comes
         // before the clock moves: at t0+2h+1ms it would be outside). It moves no watermark.
-        r#"{"lead_id":"a","type":"website_visit","timestamp":"2026-12-01T02:00:00.001Z","event_id":"e-2"}"#,
-        // Another lead may use the same event id: b = 10.
-        r#"{"lead_id":"b","type":"website_visit","timestamp":"2026-12-01T00:00:00Z","event_id":"e-1"}"#,
-        // Events without an id are never duplicates: b = 20, 30.
-        r#"{"lead_id":"b","type":"website_visit","timestamp":"2026-12-01T00:00:00Z"}"#,
-        r#"{"lead_id":"b","type":"website_visit","timestamp":"2026-12-01T00:00:00Z","event_id":null}"#,
+        r#"{"lead_id":"a","type":"t7","timestamp":"2026-12-01T02:00:00.001Z","event_id":"e-2"}"#,
+        // Another lead may use the same event id: b = 1.
+        r#"{"lead_id":"b","type":"t1","timestamp":"2026-12-01T00:00:00Z","event_id":"e-1"}"#,
+        // Events without an id (absent or null) are never duplicates: b += 2, b += 4.
+        r#"{"lead_id":"b","type":"t2","timestamp":"2026-12-01T00:00:00Z"}"#,
+        r#"{"lead_id":"b","type":"t3","timestamp":"2026-12-01T00:00:00Z","event_id":null}"#,
     ];
-    let r = run(model_src, &events, None);
+    let r = run(&model_src, &events, None);
     assert_transitions(&r, &[]);
     let s = &r.summary;
     assert_eq!((s.events, s.leads, s.transitions), (7, 2, 0));
     assert_eq!(rejected(s, "duplicate"), 3);
     assert_eq!(s.rejected.values().sum::<u64>(), 3, "{:?}", s.rejected);
-    // a = 40, b = 30: average 35.
-    assert_eq!(s.average_score, 35.0);
+    // a = 1 + 4 + 16 + 32 = 53 (events 1, 3, 5, 6), b = 1 + 2 + 4 = 7: average 30.
+    assert_eq!(s.average_score, 30.0);
     assert_eq!(s.at.as_deref(), Some("2026-12-01T01:00:00.001Z"));
 }
 
@@ -943,10 +1129,46 @@ points = -10.0
     assert_transitions(
         &r,
         &[
-            tr(Q, "p", 1, "2026-12-01T00:00:00.000Z", 54.0, 50.0, pu("p1"), bd(50.0, 0.0, 4.0, json!({}), &["senior", "big_company"])),
-            tr(DQ, "p", 2, "2026-12-01T01:00:00.000Z", 27.0, 30.0, pu("p2"), bd(25.0, 0.0, 2.0, json!({}), &["big_company", "has_phone"])),
-            tr(Q, "p", 3, "2026-12-01T03:00:00.000Z", 55.5, 50.0, pu("p4"), bd(55.0, 0.0, 0.5, json!({}), &["senior", "big_company", "has_phone"])),
-            tr(Q, "anon", 1, "2026-12-01T03:00:00.000Z", 54.0, 50.0, trig(Some("w1"), "website_visit"), bd(-10.0, 0.0, 64.0, json!({}), &["anonymous"])),
+            tr(
+                Q,
+                "p",
+                1,
+                "2026-12-01T00:00:00.000Z",
+                54.0,
+                50.0,
+                pu("p1"),
+                bd(50.0, 0.0, 4.0, json!({}), &["senior", "big_company"]),
+            ),
+            tr(
+                DQ,
+                "p",
+                2,
+                "2026-12-01T01:00:00.000Z",
+                27.0,
+                30.0,
+                pu("p2"),
+                bd(25.0, 0.0, 2.0, json!({}), &["big_company", "has_phone"]),
+            ),
+            tr(
+                Q,
+                "p",
+                3,
+                "2026-12-01T03:00:00.000Z",
+                55.5,
+                50.0,
+                pu("p4"),
+                bd(55.0, 0.0, 0.5, json!({}), &["senior", "big_company", "has_phone"]),
+            ),
+            tr(
+                Q,
+                "anon",
+                1,
+                "2026-12-01T03:00:00.000Z",
+                54.0,
+                50.0,
+                trig(Some("w1"), "website_visit"),
+                bd(-10.0, 0.0, 64.0, json!({}), &["anonymous"]),
+            ),
         ],
     );
     // At t0+3h: p = 55.5, anon = 54; average 54.75.
@@ -1016,11 +1238,56 @@ points = 5.0
     assert_transitions(
         &r,
         &[
-            tr(Q, "a", 1, "2026-12-01T00:00:00.000Z", 29.0, 10.0, trig(Some("a2"), "up"), bd(5.0, 20.0, 4.0, json!({"web": 4.0}), titled)),
-            tr(Q, "42", 1, "2026-12-01T00:00:00.000Z", 20.0, 10.0, trig(None, "up"), bd(0.0, 20.0, 0.0, json!({"web": 0.0}), &[])),
-            tr(DQ, "42", 2, "2026-12-01T00:00:01.234Z", 0.0, 10.0, trig(Some("b1"), "down"), bd(0.0, 0.0, 0.0, json!({"web": 0.0}), &[])),
-            tr(DQ, "a", 2, "2026-12-01T01:00:00.000Z", 7.0, 10.0, trig(Some("a3"), "down"), bd(5.0, 0.0, 2.0, json!({"web": 2.0}), titled)),
-            tr(Q, "a", 3, "2026-12-01T02:00:00.000Z", 26.0, 10.0, trig(Some("a4"), "up"), bd(5.0, 20.0, 1.0, json!({"web": 1.0}), titled)),
+            tr(
+                Q,
+                "a",
+                1,
+                "2026-12-01T00:00:00.000Z",
+                29.0,
+                10.0,
+                trig(Some("a2"), "up"),
+                bd(5.0, 20.0, 4.0, json!({"web": 4.0}), titled),
+            ),
+            tr(
+                Q,
+                "42",
+                1,
+                "2026-12-01T00:00:00.000Z",
+                20.0,
+                10.0,
+                trig(None, "up"),
+                bd(0.0, 20.0, 0.0, json!({"web": 0.0}), &[]),
+            ),
+            tr(
+                DQ,
+                "42",
+                2,
+                "2026-12-01T00:00:01.234Z",
+                0.0,
+                10.0,
+                trig(Some("b1"), "down"),
+                bd(0.0, 0.0, 0.0, json!({"web": 0.0}), &[]),
+            ),
+            tr(
+                DQ,
+                "a",
+                2,
+                "2026-12-01T01:00:00.000Z",
+                7.0,
+                10.0,
+                trig(Some("a3"), "down"),
+                bd(5.0, 0.0, 2.0, json!({"web": 2.0}), titled),
+            ),
+            tr(
+                Q,
+                "a",
+                3,
+                "2026-12-01T02:00:00.000Z",
+                26.0,
+                10.0,
+                trig(Some("a4"), "up"),
+                bd(5.0, 20.0, 1.0, json!({"web": 1.0}), titled),
+            ),
         ],
     );
     // At t0+2h: a = 26, 42 = 0; average 13.
@@ -1047,7 +1314,8 @@ points = 30.0
 decays = false
 "#;
     let ts = r#""timestamp":"2026-12-01T00:00:00Z""#;
-    let too_large = format!(r#"{{"lead_id":"a","type":"visit",{ts},"properties":{{"blob":"{}"}}}}"#, "x".repeat(70_000));
+    let too_large =
+        format!(r#"{{"lead_id":"a","type":"visit",{ts},"properties":{{"blob":"{}"}}}}"#, "x".repeat(70_000));
     let long_id = format!(r#"{{"lead_id":"{}","type":"visit",{ts}}}"#, "x".repeat(257));
     let lines: Vec<(Vec<u8>, &str)> = vec![
         (b"".to_vec(), "blank"),
@@ -1085,11 +1353,30 @@ decays = false
     let r = run_bytes(model_src, &input, None);
     assert_transitions(
         &r,
-        &[tr(Q, "a", 1, "2026-12-01T00:00:00.000Z", 60.0, 50.0, trig(Some("v2"), "visit"), bd(0.0, 60.0, 0.0, json!({}), &[]))],
+        &[tr(
+            Q,
+            "a",
+            1,
+            "2026-12-01T00:00:00.000Z",
+            60.0,
+            50.0,
+            trig(Some("v2"), "visit"),
+            bd(0.0, 60.0, 0.0, json!({}), &[]),
+        )],
     );
     let s = &r.summary;
     let mut failures = Vec::new();
-    for reason in ["too_large", "invalid_utf8", "invalid_json", "not_an_object", "missing_field", "invalid_field", "invalid_timestamp", "future_timestamp", "duplicate"] {
+    for reason in [
+        "too_large",
+        "invalid_utf8",
+        "invalid_json",
+        "not_an_object",
+        "missing_field",
+        "invalid_field",
+        "invalid_timestamp",
+        "future_timestamp",
+        "duplicate",
+    ] {
         let expected = lines.iter().filter(|(_, r)| *r == reason).count() as u64;
         if rejected(s, reason) != expected {
             failures.push(format!("{reason}: got {}, expected {expected}", rejected(s, reason)));
@@ -1177,7 +1464,9 @@ points = 1.0
     let mut error_lines: Vec<usize> = stdout
         .lines()
         .filter_map(|l| l.strip_prefix(&prefix))
-        .map(|rest| rest.split(':').next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no line number in {rest:?}")))
+        .map(|rest| {
+            rest.split(':').next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no line number in {rest:?}"))
+        })
         .collect();
     error_lines.sort_unstable();
     error_lines.dedup();

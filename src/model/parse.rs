@@ -403,6 +403,19 @@ impl<'s> Checker<'s> {
         let mut ids = HashMap::new();
         let rules = self.rules(root, &groups, &mut ids);
         let fits = self.fits(root, &mut ids);
+        let columns = groups.len() + rules.iter().filter(|r| r.limit.is_some()).count();
+        if columns > crate::engine::MAX_GROUPS_AND_LIMITS {
+            self.error(
+                Some(0..0),
+                "",
+                format!(
+                    "{} groups and {} limited rules: at most {} together (each is a number kept per lead)",
+                    groups.len(),
+                    columns - groups.len(),
+                    crate::engine::MAX_GROUPS_AND_LIMITS
+                ),
+            );
+        }
         Model {
             name,
             version,
@@ -906,6 +919,20 @@ mod tests {
         assert_eq!(ids(&full), ids(&nofit));
         assert_eq!(full.groups.len(), nofit.groups.len());
         assert_eq!((full.qualify_at, full.half_life_ms), (nofit.qualify_at, nofit.half_life_ms));
+    }
+
+    #[test]
+    fn too_many_groups_and_limits() {
+        let mut src = String::from("name = \"m\"\nversion = \"1\"\n[score]\nqualify_at = 1.0\nhalf_life = \"1d\"\n");
+        for i in 0..40 {
+            src.push_str(&format!("[group.g{i}]\ncap = 1.0\n"));
+        }
+        for i in 0..22 {
+            src.push_str(&format!("[[rule]]\nid = \"r{i}\"\nevent = \"e\"\npoints = 1.0\nlimit = {{ count = 1, per = \"1h\" }}\n"));
+        }
+        let e = errs(&src);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].message.contains("at most 61"), "{}", e[0].message);
     }
 
     #[test]
