@@ -26,14 +26,4 @@ fn bench_decode(c: &mut Criterion) {
 }
 
 criterion_group!(benches, bench_decode);
-criterion_main!(benches, parts);
-fn bench_parts(c: &mut Criterion) {
-    let s = black_box(SAMPLE);
-    c.bench_function("p_utf8", |b| b.iter(|| std::str::from_utf8(black_box(SAMPLE.as_bytes())).is_ok()));
-    c.bench_function("p_validate", |b| b.iter(|| leadscore::json::validate(black_box(s)).is_ok()));
-    c.bench_function("p_scan_event", |b| b.iter(|| leadscore::json::scan_event(black_box(s)).is_ok()));
-    c.bench_function("p_rfc3339", |b| b.iter(|| leadscore::time::parse_rfc3339_ms(black_box("2026-12-03T10:15:00.123Z"))));
-    c.bench_function("p_serde_value", |b| b.iter(|| serde_json::from_str::<serde_json::Value>(black_box(s)).is_ok()));
-    c.bench_function("p_serde_ignored", |b| b.iter(|| serde_json::from_str::<serde::de::IgnoredAny>(black_box(s)).is_ok()));
-}
-criterion_group!(parts, bench_parts);
+criterion_main!(benches);

@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 
-use crate::json::{self, Document, Kind};
+use crate::json::{self, Document, Kind, RawValue};
 use crate::model::Value;
 use crate::time::{parse_rfc3339_ms, MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS};
 
@@ -147,11 +147,11 @@ const MAX_LEAD_ID_BYTES: usize = 256;
 const MAX_TYPE_BYTES: usize = 64;
 const MAX_EVENT_ID_BYTES: usize = 128;
 
-/// The unescaped text of a raw span that is a string; `Ok(None)` for any other kind.
+/// The unescaped text of a raw value that is a string; `Ok(None)` for any other kind.
 #[inline]
-fn string_field<'a>(raw: Option<&'a str>, lone: Rejection) -> Result<Option<Cow<'a, str>>, Rejection> {
-    match raw.and_then(json::string_body) {
-        Some(body) => json::unescape(body).map(Some).map_err(|_| lone),
+fn string_field<'a>(raw: Option<RawValue<'a>>, lone: Rejection) -> Result<Option<Cow<'a, str>>, Rejection> {
+    match raw.and_then(|r| r.string()) {
+        Some(s) => s.map(Some).map_err(|_| lone),
         None => Ok(None),
     }
 }
@@ -178,10 +178,12 @@ fn integer_ms(raw: &str) -> Option<i64> {
 /// A repeated key keeps its last occurrence; keys match after unescaping; unknown fields are
 /// ignored. An integer `lead_id` is kept as its decimal text (`-0` becomes `0`). A fallback
 /// timestamp outside 1970..=9999 is `invalid_timestamp`, and the future check applies to it too.
-/// Lone surrogates elsewhere (in `properties`, unknown fields) are accepted; reading them as a
-/// [`Value`] yields U+FFFD.
+/// Only the occurrence that counts is checked for lone surrogates; lone surrogates elsewhere (in
+/// `properties`, unknown fields, an overridden occurrence) are accepted, and reading them as a
+/// [`Value`] yields U+FFFD. In `timestamp` one is `invalid_timestamp`.
 ///
-/// Allocates only for `lead_id`, `type` or `event_id` strings that contain escapes.
+/// Allocates only to unescape a `lead_id`, `type`, `event_id` or `timestamp` string that has
+/// escapes.
 pub fn decode<'a>(bytes: &'a [u8], opts: &DecodeOptions) -> Result<LeadEvent<'a>, Rejection> {
     if bytes.len() > opts.max_event_bytes {
         return Err(TOO_LARGE);
@@ -193,7 +195,7 @@ pub fn decode<'a>(bytes: &'a [u8], opts: &DecodeOptions) -> Result<LeadEvent<'a>
         Err(_) => return Err(INVALID_JSON),
     };
     // `null` counts as absent everywhere.
-    let present = |raw: Option<&'a str>| raw.filter(|r| *r != "null");
+    let present = |raw: Option<RawValue<'a>>| raw.filter(|r| !r.is_null());
     let lead_raw = present(fields.lead_id);
     let type_raw = present(fields.event_type);
     let ts_raw = present(fields.timestamp);
@@ -218,8 +220,8 @@ pub fn decode<'a>(bytes: &'a [u8], opts: &DecodeOptions) -> Result<LeadEvent<'a>
     let lead_id = match lead_str {
         Some(s) if len_ok(&s, MAX_LEAD_ID_BYTES) => s,
         Some(_) => return Err(BAD_LEAD_ID),
-        None if json::is_integer(lead_raw) && lead_raw.len() <= MAX_LEAD_ID_BYTES => {
-            Cow::Borrowed(if lead_raw == "-0" { "0" } else { lead_raw })
+        None if json::is_integer(lead_raw.text) && lead_raw.text.len() <= MAX_LEAD_ID_BYTES => {
+            Cow::Borrowed(if lead_raw.text == "-0" { "0" } else { lead_raw.text })
         }
         None => return Err(BAD_LEAD_ID),
     };
@@ -234,18 +236,15 @@ pub fn decode<'a>(bytes: &'a [u8], opts: &DecodeOptions) -> Result<LeadEvent<'a>
     };
     let properties = match props_raw {
         None => None,
-        Some(raw) if json::kind(raw) == Some(Kind::Object) => Some(Properties { raw }),
+        Some(raw) if raw.kind() == Some(Kind::Object) => Some(Properties { raw: raw.text }),
         Some(_) => return Err(BAD_PROPERTIES),
     };
 
     // invalid_timestamp.
     let timestamp_ms = match ts_raw {
-        Some(raw) => match json::kind(raw) {
-            Some(Kind::String) => {
-                let body = json::string_body(raw).unwrap_or_default();
-                json::unescape(body).ok().and_then(|s| parse_rfc3339_ms(&s))
-            }
-            Some(Kind::Number) if json::is_integer(raw) => integer_ms(raw),
+        Some(raw) => match raw.kind() {
+            Some(Kind::String) => raw.string().and_then(Result::ok).and_then(|s| parse_rfc3339_ms(&s)),
+            Some(Kind::Number) if json::is_integer(raw.text) => integer_ms(raw.text),
             _ => None,
         }
         .ok_or(BAD_TIMESTAMP)?,
@@ -357,7 +356,9 @@ mod tests {
         assert_eq!(p.raw(), r#"{"path":"/pricing","utm":{"source":"google"}}"#);
         assert_eq!(p.get(&["path"]), Some(Value::Str(Cow::Borrowed("/pricing"))));
         assert_eq!(p.get(&["utm", "source"]), Some(Value::Str(Cow::Borrowed("google"))));
-        assert_eq!(p.get(&vec!["utm".to_string()]), Some(Value::Composite));
+        // A `&Vec<String>` path, as the engine passes it.
+        let path: Vec<String> = "utm".split('.').map(String::from).collect();
+        assert_eq!(p.get(&path), Some(Value::Composite));
         assert_eq!(p.get(&["utm", "medium"]), None);
         assert_eq!(p.get(&["path", "x"]), None);
     }

@@ -14,6 +14,7 @@
 //! - [`model`]: the scoring model: TOML schema, validation with locations, compiled rules.
 //! - [`engine`]: the pure scoring engine: lead state, decay, rules, crossings, transitions.
 //! - [`transition`]: the output wire format.
+//! - [`metrics`]: every Prometheus metric, named once; score gauges computed at scrape time.
 //! - [`replay`]: offline backtest over JSON lines.
 //! - [`generate`]: reproducible synthetic lead activity.
 //! - [`cli`]: the command line.
@@ -23,6 +24,7 @@ pub mod engine;
 pub mod event;
 pub mod generate;
 pub mod json;
+pub mod metrics;
 pub mod model;
 pub mod replay;
 pub mod time;

@@ -489,14 +489,22 @@ impl<'s> Checker<'s> {
             }
             if let Some(gt) = self.table(&ge, "a group table with optional cap and floor, like [group.web]") {
                 self.unknown_keys(&gt, GROUP_KEYS, &format!("[group.{}]", key_segment(name)));
-                let cap = get(&gt, "cap").and_then(|e| self.number(&e));
+                let cap = get(&gt, "cap");
+                let cap_span = cap.as_ref().map(|c| (c.span(), c.path.clone()));
+                let cap = cap.and_then(|e| self.number(&e));
                 let floor = get(&gt, "floor");
                 let floor_span = floor.as_ref().map(|f| (f.span(), f.path.clone()));
                 let floor = floor.and_then(|e| self.number(&e));
-                if let (Some(cap), Some(floor), Some((span, path))) = (cap, floor, floor_span) {
-                    if floor > cap {
-                        let msg = format!("floor ({floor}) must not be greater than cap ({cap})");
-                        self.error(span, &path, msg);
+                // Decay moves a total towards 0, so a cap below 0 or a floor above 0 could not
+                // hold between events: reject them rather than promise a bound that decays away.
+                if let (Some(cap), Some((span, path))) = (cap, cap_span) {
+                    if cap < 0.0 {
+                        self.error(span, &path, format!("cap ({cap}) must not be negative: totals decay towards 0"));
+                    }
+                }
+                if let (Some(floor), Some((span, path))) = (floor, floor_span) {
+                    if floor > 0.0 {
+                        self.error(span, &path, format!("floor ({floor}) must not be positive: totals decay towards 0"));
                     }
                 }
                 group.cap = cap.unwrap_or(f64::INFINITY);
@@ -1123,8 +1131,9 @@ points = 1
             g,
             [("web", f64::INFINITY, f64::NEG_INFINITY), ("b", 5.0, f64::NEG_INFINITY), ("c", f64::INFINITY, -2.5)]
         );
-        ok(&format!("{HEAD}[group.web]\ncap = 5\nfloor = 5\n"));
-        assert_error("[group.web]\ncap = 5\nfloor = 6\n", "group.web.floor", "must not be greater than cap");
+        ok(&format!("{HEAD}[group.web]\ncap = 0\nfloor = 0\n"));
+        assert_error("[group.web]\ncap = 5\nfloor = 6\n", "group.web.floor", "must not be positive");
+        assert_error("[group.web]\ncap = -1\n", "group.web.cap", "must not be negative");
         assert_error("[group.web]\ncap = \"5\"\n", "group.web.cap", "expected a number, found a string");
         assert_error("[group]\nweb = 5\n", "group.web", "expected a group table");
         assert_error("group = 5\n", "group", "expected a table of groups");
