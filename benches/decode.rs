@@ -17,6 +17,11 @@ fn bench_decode(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(rec.len() as u64));
         group.bench_function(name, |b| b.iter(|| decode(black_box(rec.as_bytes()), &opts).is_ok()));
     }
+    // Reference point on the same machine: serde_json validating and skipping the sample.
+    group.throughput(Throughput::Bytes(SAMPLE.len() as u64));
+    group.bench_function("serde_json_ignored_any_reference", |b| {
+        b.iter(|| serde_json::from_str::<serde::de::IgnoredAny>(black_box(SAMPLE)).is_ok())
+    });
     group.finish();
 
     let ev = decode(SAMPLE.as_bytes(), &opts).expect("sample is valid");

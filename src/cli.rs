@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+use crate::config::{Config, Overrides, ProcessingGuarantee};
 use crate::model::{parse::render_errors, Model, ModelLoadError};
 use crate::replay::{replay, ReplayOptions};
 use crate::time::parse_rfc3339_ms;
@@ -24,6 +25,58 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The service: consume lead activity from Kafka, publish transitions, serve metrics.
+    Run {
+        /// The service config (TOML); every key can also come from LEADSCORE_* variables.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Kafka bootstrap servers (kafka.brokers).
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Consumer group (kafka.group_id).
+        #[arg(long)]
+        group_id: Option<String>,
+        /// Input topics, comma-separated (kafka.input_topics).
+        #[arg(long, value_delimiter = ',')]
+        input_topics: Option<Vec<String>>,
+        /// Output topic of transitions (kafka.output_topic).
+        #[arg(long)]
+        output_topic: Option<String>,
+        /// HTTP listen address (http.listen).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// The model file (model.path).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// exactly_once or at_least_once (kafka.processing_guarantee).
+        #[arg(long, value_parser = parse_guarantee)]
+        processing_guarantee: Option<ProcessingGuarantee>,
+        /// Transactional id, stable per instance (kafka.transactional_id).
+        #[arg(long)]
+        transactional_id: Option<String>,
+        /// Seconds to wait for the graceful shutdown before exiting anyway.
+        #[arg(long, default_value_t = 30)]
+        shutdown_timeout_s: u64,
+    },
+    /// The whole pipeline with no setup: an in-process Kafka mock broker, generated traffic,
+    /// the real consume-score-publish loop and the HTTP endpoints.
+    Demo {
+        /// HTTP listen address.
+        #[arg(long, default_value = "127.0.0.1:9898")]
+        listen: std::net::SocketAddr,
+        /// Generated events per second.
+        #[arg(long, default_value_t = 2000.0)]
+        rate: f64,
+        /// Distinct leads.
+        #[arg(long, default_value_t = 5000)]
+        leads: u64,
+        /// A model file instead of the built-in example model.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Stop after this many seconds (default: run until Ctrl-C).
+        #[arg(long)]
+        duration_s: Option<u64>,
+    },
     /// Offline backtest: score JSON lines in event time; transitions to stdout, a summary to
     /// stderr or --summary.
     Replay {
@@ -45,12 +98,18 @@ pub enum Command {
     /// Synthetic lead activity as JSON lines (bot bursts, late, duplicate and malformed records
     /// included), reproducible with --seed.
     Generate {
-        /// Write to this file; `-` or nothing: standard output.
+        /// Write to this file; `-` or nothing (and no --brokers): standard output.
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Records to write.
-        #[arg(long, default_value_t = 100_000)]
-        count: u64,
+        /// Produce to Kafka at --rate events per second (real time) instead of writing a file.
+        #[arg(long, requires = "topic")]
+        brokers: Option<String>,
+        /// The topic to produce to (with --brokers).
+        #[arg(long)]
+        topic: Option<String>,
+        /// Records to write (with --brokers: default unlimited, until Ctrl-C).
+        #[arg(long)]
+        count: Option<u64>,
         /// Distinct leads.
         #[arg(long, default_value_t = 100_000)]
         leads: u64,
@@ -136,8 +195,70 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             }
             Err(e) => Err(e.into()),
         },
+        Command::Run {
+            config,
+            brokers,
+            group_id,
+            input_topics,
+            output_topic,
+            listen,
+            model,
+            processing_guarantee,
+            transactional_id,
+            shutdown_timeout_s,
+        } => {
+            init_logging();
+            let overrides = Overrides {
+                brokers,
+                group_id,
+                input_topics,
+                output_topic,
+                listen,
+                model_path: model,
+                processing_guarantee,
+                transactional_id,
+            };
+            let cfg = Config::load(config.as_deref(), &crate::config::process_env(), &overrides)?;
+            tracing::info!(kafka = ?cfg.kafka, http = %cfg.http.listen, "config loaded");
+            let model = Arc::new(load_model(&cfg.model.path)?);
+            let service = crate::service::Service::start(cfg, model)?;
+            let stop = signal_flag()?;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && !service.pipeline_finished() {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            // Graceful shutdown, bounded: a supervisor's kill follows its own grace period.
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(service.shutdown());
+            });
+            match rx.recv_timeout(std::time::Duration::from_secs(shutdown_timeout_s)) {
+                Ok(result) => result?,
+                Err(_) => bail!("graceful shutdown did not finish within {shutdown_timeout_s} s"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { listen, rate, leads, model, duration_s } => {
+            init_logging();
+            let model = match model {
+                Some(p) => load_model(&p)?,
+                None => Model::from_toml(crate::demo::EXAMPLE_MODEL)
+                    .map_err(|e| anyhow::anyhow!("built-in model is invalid: {e:?}"))?,
+            };
+            let opts = crate::demo::DemoOptions {
+                listen,
+                rate_per_s: rate,
+                leads,
+                status_every_s: 5,
+                duration: duration_s.map(std::time::Duration::from_secs),
+            };
+            let generated = crate::demo::run(opts, Arc::new(model), signal_flag()?)?;
+            println!("demo stopped after {generated} generated records");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Generate {
             out,
+            brokers,
+            topic,
             count,
             leads,
             rate,
@@ -168,6 +289,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(s) = start.as_deref() {
                 opts.start_ms = parse_time_arg(s)?;
             }
+            if let (Some(brokers), Some(topic)) = (brokers.as_deref(), topic.as_deref()) {
+                let stop = signal_flag()?;
+                let sent = crate::generate::produce(brokers, topic, opts, count, &stop)?;
+                eprintln!("generate: {sent} records to {topic}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let count = count.unwrap_or(100_000);
             match out {
                 Some(p) if p.as_os_str() != "-" => {
                     let file = File::create(&p).with_context(|| format!("cannot create {}", p.display()))?;
@@ -203,6 +331,42 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn parse_guarantee(s: &str) -> Result<ProcessingGuarantee, String> {
+    match s {
+        "exactly_once" => Ok(ProcessingGuarantee::ExactlyOnce),
+        "at_least_once" => Ok(ProcessingGuarantee::AtLeastOnce),
+        _ => Err("expected exactly_once or at_least_once".into()),
+    }
+}
+
+/// Structured logs on stderr; `LEADSCORE_LOG` filters (default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LEADSCORE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(io::stderr).try_init();
+}
+
+/// A flag set by SIGTERM or SIGINT (Ctrl-C).
+fn signal_flag() -> Result<Arc<std::sync::atomic::AtomicBool>> {
+    let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let set = Arc::clone(&flag);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new().name("leadscore-signals".into()).spawn(move || {
+        rt.block_on(async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            tracing::info!("signal received: shutting down");
+            set.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+    })?;
+    Ok(flag)
 }
 
 /// Entry point of the binary: parse, run, report errors with their context.

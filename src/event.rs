@@ -161,10 +161,25 @@ fn len_ok(s: &str, max: usize) -> bool {
     (1..=max).contains(&s.len())
 }
 
-/// A JSON integer span as epoch milliseconds within the valid range.
+/// A JSON number span as epoch milliseconds: an integer within the valid range, else `None`.
 #[inline]
 fn integer_ms(raw: &str) -> Option<i64> {
-    let ms = raw.parse::<i64>().ok()?;
+    let (negative, digits) = match raw.as_bytes() {
+        [b'-', rest @ ..] => (true, rest),
+        all => (false, all),
+    };
+    // MAX_TIMESTAMP_MS has 15 digits; JSON forbids leading zeros, so more digits are out of range.
+    if digits.is_empty() || digits.len() > 15 {
+        return None;
+    }
+    let mut ms = 0i64;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None; // a fraction or an exponent
+        }
+        ms = ms * 10 + i64::from(d - b'0');
+    }
+    let ms = if negative { -ms } else { ms };
     (MIN_TIMESTAMP_MS..=MAX_TIMESTAMP_MS).contains(&ms).then_some(ms)
 }
 
@@ -244,7 +259,7 @@ pub fn decode<'a>(bytes: &'a [u8], opts: &DecodeOptions) -> Result<LeadEvent<'a>
     let timestamp_ms = match ts_raw {
         Some(raw) => match raw.kind() {
             Some(Kind::String) => raw.string().and_then(Result::ok).and_then(|s| parse_rfc3339_ms(&s)),
-            Some(Kind::Number) if json::is_integer(raw.text) => integer_ms(raw.text),
+            Some(Kind::Number) => integer_ms(raw.text),
             _ => None,
         }
         .ok_or(BAD_TIMESTAMP)?,

@@ -114,12 +114,14 @@ pub struct Generator {
     burst: Option<(u64, u32)>,
     /// The lead of the current browsing session and its remaining page views.
     session: Option<(u64, u32)>,
+    /// The lead of the last record (its Kafka key); `None` for malformed records.
+    last_lead: Option<u64>,
 }
 
 impl Generator {
     pub fn new(opts: GenerateOptions) -> Generator {
         let rng = Rng::new(opts.seed);
-        Generator { opts, rng, seq: 0, last: Vec::new(), burst: None, session: None }
+        Generator { opts, rng, seq: 0, last: Vec::new(), burst: None, session: None, last_lead: None }
     }
 
     fn lead(&mut self) -> u64 {
@@ -160,7 +162,13 @@ impl Generator {
         self.last.extend_from_slice(&out[start..]);
     }
 
+    /// The lead of the last record written (the Kafka key to use); `None` for malformed ones.
+    pub fn last_lead(&self) -> Option<u64> {
+        self.last_lead
+    }
+
     fn malformed(&mut self, out: &mut Vec<u8>) {
+        self.last_lead = None;
         let lead = self.lead();
         let ts = self.timestamp();
         match self.rng.below(6) {
@@ -187,6 +195,7 @@ impl Generator {
             (self.lead(), self.rng.below(100))
         };
         let ts = self.timestamp();
+        self.last_lead = Some(lead);
         out.extend_from_slice(b"{\"lead_id\":\"lead-");
         out.extend_from_slice(itoa::Buffer::new().format(lead).as_bytes());
         out.extend_from_slice(b"\",\"type\":\"");
@@ -273,6 +282,58 @@ pub fn write_jsonl(out: &mut impl Write, opts: GenerateOptions, count: u64) -> i
     }
     out.write_all(&buf)?;
     out.flush()
+}
+
+/// Produces records to a Kafka topic at `rate_per_s` (keyed by lead id) until `count` records
+/// (if given) or until `stop` is set. Event times follow the wall clock: `opts.start_ms` is
+/// replaced by now and `opts.rate_per_s` by the production rate. Returns the records sent.
+pub fn produce(
+    brokers: &str,
+    topic: &str,
+    mut opts: GenerateOptions,
+    count: Option<u64>,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<u64, rdkafka::error::KafkaError> {
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+
+    let producer: ThreadedProducer<DefaultProducerContext> = crate::kafka::bulk_producer_config(brokers).create()?;
+    opts.start_ms = crate::pipeline::wall_ms();
+    let rate = opts.rate_per_s;
+    let mut gen = Generator::new(opts);
+    let started = Instant::now();
+    let (mut sent, mut buf, mut key) = (0u64, Vec::with_capacity(512), String::new());
+    while !stop.load(Ordering::Relaxed) && count.is_none_or(|c| sent < c) {
+        // Send what the rate allows by now, then sleep a tick: smooth enough at any rate.
+        let due = (started.elapsed().as_secs_f64() * rate) as u64;
+        while sent < due && count.is_none_or(|c| sent < c) {
+            buf.clear();
+            gen.next_record(&mut buf);
+            let mut record = BaseRecord::<str, [u8]>::to(topic).payload(&buf[..]);
+            if let Some(lead) = gen.last_lead() {
+                key.clear();
+                key.push_str("lead-");
+                key.push_str(itoa::Buffer::new().format(lead));
+                record = record.key(key.as_str());
+            }
+            let mut record = record;
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+                        record = r;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err((e, _)) => return Err(e),
+                }
+            }
+            sent += 1;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    producer.flush(Duration::from_secs(30))?;
+    Ok(sent)
 }
 
 #[cfg(test)]

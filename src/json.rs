@@ -345,7 +345,8 @@ fn object(b: &[u8], i: usize, mut f: impl FnMut(Key, usize, bool)) -> Scan {
 }
 
 /// Skips one value at `i` (no leading whitespace) inside `outer` containers. Iterative: a bit
-/// stack records, for each open container, whether it is an object.
+/// stack records, for each open container, whether it is an object (bit 0: the innermost; at
+/// most [`MAX_DEPTH`] bits).
 fn value(b: &[u8], mut i: usize, outer: usize) -> Scan {
     let mut stack: u128 = 0;
     let mut depth: usize = 0;
@@ -365,13 +366,11 @@ fn value(b: &[u8], mut i: usize, outer: usize) -> Scan {
                     i += 1;
                 } else {
                     in_obj = open == b'{';
-                    if in_obj {
-                        stack |= 1u128 << depth;
-                        i = key(b, i)?.value;
-                    } else {
-                        stack &= !(1u128 << depth);
-                    }
+                    stack = (stack << 1) | u128::from(in_obj);
                     depth += 1;
+                    if in_obj {
+                        i = key(b, i)?.value;
+                    }
                     continue;
                 }
             }
@@ -400,7 +399,8 @@ fn value(b: &[u8], mut i: usize, outer: usize) -> Scan {
             }
             i += 1;
             depth -= 1;
-            in_obj = depth > 0 && (stack >> (depth - 1)) & 1 == 1;
+            stack >>= 1;
+            in_obj = stack & 1 == 1;
         }
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Lead activity events come in as JSON; each lead keeps a time-decayed score computed by a
 //! declarative model; when a score crosses the model's thresholds a `lead_qualified` or
-//! `lead_disqualified` transition goes out. `replay` runs the same engine over a file.
+//! `lead_disqualified` transition goes out. `run` does this on Kafka, as a consumer-group member; `replay` runs the
+//! same engine over a file.
 //!
 //! Data flow: bytes → [`event::decode`] → [`engine::Engine::apply`] → [`transition::Transition`]
 //! → JSON ([`transition::write_json`]).
@@ -17,15 +18,27 @@
 //! - [`metrics`]: every Prometheus metric, named once; score gauges computed at scrape time.
 //! - [`replay`]: offline backtest over JSON lines.
 //! - [`generate`]: reproducible synthetic lead activity.
+//! - [`config`]: the service config (`leadscore.toml`): defaults, env and flag overrides, validation.
+//! - [`kafka`]: the only place that sets librdkafka properties.
+//! - [`pipeline`]: the Kafka loop: consume, decode, score, publish, commit; rebalances.
+//! - [`http`]: `/metrics`, `/healthz`, `/readyz`, `/leads/{id}`, `/api/status` and the status page.
+//! - [`service`]: `run`: the pipeline thread and the HTTP server, started and stopped together.
+//! - [`demo`]: `demo`: the whole pipeline on an in-process mock broker.
 //! - [`cli`]: the command line.
 
 pub mod cli;
+pub mod config;
+pub mod demo;
 pub mod engine;
 pub mod event;
 pub mod generate;
+pub mod http;
 pub mod json;
+pub mod kafka;
 pub mod metrics;
 pub mod model;
+pub mod pipeline;
 pub mod replay;
+pub mod service;
 pub mod time;
 pub mod transition;

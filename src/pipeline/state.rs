@@ -1,0 +1,257 @@
+//! What the pipeline thread and the HTTP side share: one engine per assigned input partition,
+//! the offsets processed and committed, and the latest transitions for the status page.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rdkafka::TopicPartitionList;
+
+use crate::engine::{Applied, Engine, Totals, Transition};
+use crate::event::LeadEvent;
+use crate::http::{Health, LeadAnswer, StatusSource};
+use crate::metrics::{count_into, score_bounds, ScoreSnapshot, ScoreSource};
+use crate::model::Model;
+use crate::time::format_rfc3339_ms;
+
+use super::{offset_list, wall_ms};
+
+/// State of one assigned input partition.
+struct Partition {
+    engine: Engine,
+    /// Offset after the last record processed (what a commit would store).
+    next_offset: Option<i64>,
+    /// What was last committed.
+    committed: Option<i64>,
+}
+
+/// A transition as the status page lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Latest {
+    at: String,
+    lead_id: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    score: f64,
+}
+
+/// State shared between the pipeline thread and the HTTP handlers.
+pub struct Shared {
+    model: Arc<Model>,
+    health: Arc<Health>,
+    partitions: Mutex<BTreeMap<(String, i32), Partition>>,
+    latest: Mutex<VecDeque<Latest>>,
+    events: AtomicU64,
+    rejected: AtomicU64,
+    transitions: AtomicU64,
+}
+
+const LATEST: usize = 50;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data behind, never a broken invariant that
+    // later readers could trip on (engines are only mutated through whole method calls).
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    pub fn new(model: Arc<Model>, health: Arc<Health>) -> Arc<Shared> {
+        Arc::new(Shared {
+            model,
+            health,
+            partitions: Mutex::new(BTreeMap::new()),
+            latest: Mutex::new(VecDeque::with_capacity(LATEST)),
+            events: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            transitions: AtomicU64::new(0),
+        })
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// Starts an empty engine for each newly assigned partition. Returns how many were added.
+    pub(crate) fn add_partitions(&self, tpl: &TopicPartitionList) -> usize {
+        let mut parts = lock(&self.partitions);
+        let mut added = 0;
+        for e in tpl.elements() {
+            parts.entry((e.topic().to_owned(), e.partition())).or_insert_with(|| {
+                added += 1;
+                Partition { engine: Engine::new(Arc::clone(&self.model)), next_offset: None, committed: None }
+            });
+        }
+        added
+    }
+
+    /// Drops the state of revoked partitions. Returns how many were dropped.
+    pub(crate) fn drop_partitions(&self, tpl: &TopicPartitionList) -> usize {
+        let mut parts = lock(&self.partitions);
+        tpl.elements().iter().filter(|e| parts.remove(&(e.topic().to_owned(), e.partition())).is_some()).count()
+    }
+
+    /// Partitions owned now.
+    pub fn assigned(&self) -> usize {
+        lock(&self.partitions).len()
+    }
+
+    /// Applies an event to its partition's engine, first moving that engine's clock to `now`.
+    /// `None` when the partition is not assigned here.
+    pub(crate) fn apply(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        ev: &LeadEvent<'_>,
+        now: i64,
+        out: &mut impl FnMut(Transition),
+    ) -> Option<Applied> {
+        let mut parts = lock(&self.partitions);
+        let part = parts.get_mut(&(topic.to_owned(), partition))?;
+        part.engine.advance(now, out);
+        let applied = part.engine.apply(ev, out);
+        part.next_offset = Some(offset + 1);
+        match applied {
+            Applied::Accepted => self.events.fetch_add(1, Ordering::Relaxed),
+            Applied::Duplicate => self.rejected.fetch_add(1, Ordering::Relaxed),
+        };
+        Some(applied)
+    }
+
+    /// Marks a record as processed without applying it (a rejected record).
+    pub(crate) fn processed(&self, topic: &str, partition: i32, offset: i64) {
+        if let Some(part) = lock(&self.partitions).get_mut(&(topic.to_owned(), partition)) {
+            part.next_offset = Some(offset + 1);
+        }
+    }
+
+    pub(crate) fn count_rejected(&self) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Fires the crossings due by `now` in every partition.
+    pub(crate) fn advance_all(&self, now: i64, out: &mut impl FnMut(Transition)) {
+        for part in lock(&self.partitions).values_mut() {
+            part.engine.advance(now, out);
+        }
+    }
+
+    /// Offsets processed but not committed yet, for all partitions or only those in `only`.
+    pub(crate) fn offsets_to_commit(&self, only: Option<&TopicPartitionList>) -> TopicPartitionList {
+        let parts = lock(&self.partitions);
+        offset_list(parts.iter().filter_map(|((topic, partition), p)| {
+            let next = p.next_offset?;
+            if p.committed == Some(next) {
+                return None;
+            }
+            if let Some(only) = only {
+                only.find_partition(topic, *partition)?;
+            }
+            Some((topic.clone(), *partition, next))
+        }))
+    }
+
+    /// Records a successful commit.
+    pub(crate) fn committed(&self, tpl: &TopicPartitionList) {
+        let mut parts = lock(&self.partitions);
+        for e in tpl.elements() {
+            if let (Some(p), rdkafka::Offset::Offset(o)) = (parts.get_mut(&(e.topic().to_owned(), e.partition())), e.offset()) {
+                p.committed = Some(o);
+            }
+        }
+    }
+
+    pub(crate) fn record_transition(&self, t: &Transition) {
+        self.transitions.fetch_add(1, Ordering::Relaxed);
+        let mut latest = lock(&self.latest);
+        if latest.len() == LATEST {
+            latest.pop_back();
+        }
+        latest.push_front(Latest {
+            at: format_rfc3339_ms(t.at_ms),
+            lead_id: t.lead_id.clone(),
+            kind: t.kind.event_type(),
+            score: t.score,
+        });
+    }
+
+    /// Totals over every partition at `now`, with the cumulative distribution over `bounds`.
+    pub fn snapshot_at(&self, now: i64, bounds: &[f64]) -> ScoreSnapshot {
+        let parts = lock(&self.partitions);
+        let mut cumulative = vec![0u64; bounds.len()];
+        let mut totals = Totals::default();
+        for p in parts.values() {
+            let t = p.engine.totals_with(now, |s| count_into(bounds, &mut cumulative, s));
+            totals.leads += t.leads;
+            totals.qualified += t.qualified;
+            totals.score_sum += t.score_sum;
+        }
+        ScoreSnapshot { totals, cumulative }
+    }
+
+    /// A lead's current view as JSON, from whichever partition holds it.
+    pub fn lead_json(&self, lead_id: &str, now: i64) -> Option<serde_json::Value> {
+        let parts = lock(&self.partitions);
+        parts.values().find_map(|p| p.engine.lead(lead_id, now)).map(|v| {
+            let groups: serde_json::Map<String, serde_json::Value> =
+                self.model.groups.iter().zip(&v.breakdown.groups).map(|(g, x)| (g.name.clone(), (*x).into())).collect();
+            let fit_rules: Vec<&str> = v.breakdown.fit_rules.iter().map(|&i| self.model.fits[i].id.as_str()).collect();
+            serde_json::json!({
+                "lead_id": v.lead_id,
+                "model": self.model.name,
+                "model_version": self.model.version,
+                "score": v.score,
+                "qualified": v.qualified,
+                "at": format_rfc3339_ms(now),
+                "clock": format_rfc3339_ms(v.clock_ms),
+                "transitions": v.transitions,
+                "breakdown": {
+                    "fit": v.breakdown.fit,
+                    "fixed": v.breakdown.fixed,
+                    "engagement": v.breakdown.engagement,
+                    "groups": groups,
+                    "fit_rules": fit_rules,
+                },
+            })
+        })
+    }
+}
+
+impl ScoreSource for Shared {
+    fn snapshot(&self, bounds: &[f64]) -> ScoreSnapshot {
+        self.snapshot_at(wall_ms(), bounds)
+    }
+}
+
+impl StatusSource for Shared {
+    fn lead(&self, lead_id: &str) -> LeadAnswer {
+        match self.lead_json(lead_id, wall_ms()) {
+            Some(v) => LeadAnswer::Found(v),
+            None => LeadAnswer::NotFound,
+        }
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let bounds = score_bounds(&self.model);
+        let snap = self.snapshot_at(wall_ms(), &bounds);
+        let distribution: Vec<serde_json::Value> = bounds
+            .iter()
+            .zip(&snap.cumulative)
+            .map(|(le, count)| serde_json::json!({ "le": le.to_string(), "count": count }))
+            .collect();
+        let latest: Vec<Latest> = lock(&self.latest).iter().cloned().collect();
+        serde_json::json!({
+            "model": self.model.name,
+            "model_version": self.model.version,
+            "average_score": snap.totals.average(),
+            "tracked_leads": snap.totals.leads,
+            "qualified_leads": snap.totals.qualified,
+            "events_total": self.events.load(Ordering::Relaxed),
+            "rejected_total": self.rejected.load(Ordering::Relaxed),
+            "transitions_total": self.transitions.load(Ordering::Relaxed),
+            "distribution": distribution,
+            "latest_transitions": latest,
+            "instance": { "ready": self.health.is_ready(), "assigned_partitions": self.assigned(), "lag": null },
+        })
+    }
+}
