@@ -238,7 +238,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { listen, rate, leads, model, duration_s } => {
-            init_logging();
+            // The status lines are the demo's console; logs only for problems unless asked.
+            init_logging_default("warn");
             let model = match model {
                 Some(p) => load_model(&p)?,
                 None => Model::from_toml(crate::demo::EXAMPLE_MODEL)
@@ -251,8 +252,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 status_every_s: 5,
                 duration: duration_s.map(std::time::Duration::from_secs),
             };
-            let generated = crate::demo::run(opts, Arc::new(model), signal_flag()?)?;
-            println!("demo stopped after {generated} generated records");
+            let report = crate::demo::run(opts, Arc::new(model), signal_flag()?)?;
+            println!(
+                "demo stopped: {} records generated, {} events scored, {} transitions",
+                report.generated, report.status["events_total"], report.status["transitions_total"]
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Generate {
@@ -343,8 +347,12 @@ fn parse_guarantee(s: &str) -> Result<ProcessingGuarantee, String> {
 
 /// Structured logs on stderr; `LEADSCORE_LOG` filters (default `info`).
 fn init_logging() {
+    init_logging_default("info")
+}
+
+fn init_logging_default(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LEADSCORE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let ansi = std::io::IsTerminal::is_terminal(&io::stderr());
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(io::stderr).try_init();
 }

@@ -36,9 +36,18 @@ pub struct DemoOptions {
     pub duration: Option<Duration>,
 }
 
+/// What a demo run did.
+#[derive(Debug, Clone)]
+pub struct DemoReport {
+    /// Records the generator produced.
+    pub generated: u64,
+    /// The service's `/api/status` document at the end.
+    pub status: serde_json::Value,
+}
+
 /// Runs the demo until `stop` is set (or the duration passes); prints the URLs and a live status
-/// line. Returns the number of records generated.
-pub fn run(opts: DemoOptions, model: Arc<Model>, stop: Arc<AtomicBool>) -> Result<u64> {
+/// line.
+pub fn run(opts: DemoOptions, model: Arc<Model>, stop: Arc<AtomicBool>) -> Result<DemoReport> {
     let cluster = MockCluster::new(1).context("cannot start the in-process Kafka mock cluster")?;
     let brokers = cluster.bootstrap_servers();
     for (topic, partitions) in [("lead-events", 6), ("leads-qualified", 3), ("lead-events-dlq", 1)] {
@@ -94,7 +103,8 @@ pub fn run(opts: DemoOptions, model: Arc<Model>, stop: Arc<AtomicBool>) -> Resul
     }
     gen_stop.store(true, Ordering::Relaxed);
     let generated = generator.join().map_err(|_| anyhow::anyhow!("the generator panicked"))??;
+    let status = crate::http::StatusSource::status(&*service.shared);
     service.shutdown()?;
     drop(cluster);
-    Ok(generated)
+    Ok(DemoReport { generated, status })
 }

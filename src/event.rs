@@ -521,8 +521,9 @@ mod tests {
         assert_eq!(dec(&ev(Some("-0"), t, ts)).unwrap().lead_id, "0");
         assert_eq!(dec(&ev(Some("0"), t, ts)).unwrap().lead_id, "0");
         assert_eq!(dec(&ev(Some("-17"), t, ts)).unwrap().lead_id, "-17");
-        let big = "9".repeat(40);
+        let big = "9".repeat(256);
         assert_eq!(dec(&ev(Some(&big), t, ts)).unwrap().lead_id, big);
+        assert_eq!(reason(&ev(Some(&"9".repeat(257)), t, ts)), RejectReason::InvalidField);
     }
 
     #[test]

@@ -1,0 +1,637 @@
+//! Shared harness of the tests that run against a real Kafka broker.
+//!
+//! - [`bootstrap`]: the broker: `KAFKA_BOOTSTRAP` if set, else `scripts/kafka start` (once per
+//!   test binary; idempotent, so test binaries share one broker; `scripts/test` stops it).
+//! - [`unique`]: topic and group names no other test (or earlier run) uses.
+//! - [`create_topics`], [`produce`], [`produce_lines`], [`Reader`] / [`read_all`]: topics with
+//!   chosen partition counts, producing with delivery reports (partition and offset of each
+//!   record), and reading a whole topic back from the beginning with `read_committed`.
+//! - [`start_service`]: a [`Service`] in process on fresh topics and group, HTTP on an ephemeral
+//!   port; [`http_get`] and [`parse_metrics`] to talk to it.
+//!
+//! Waiting is always a condition polled inside a deadline ([`wait_until`], [`Reader::poll_until`]),
+//! never a bare sleep.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use leadscore::config::{Config, ProcessingGuarantee};
+use leadscore::model::Model;
+use leadscore::service::Service;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+/// Timeout of single metadata / admin requests.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Wall clock, epoch milliseconds (the service's clock too).
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_millis() as i64
+}
+
+/// The broker's bootstrap address: `KAFKA_BOOTSTRAP`, else the repo's local Kafka, started once
+/// per test binary (`scripts/kafka start` reuses a running broker and is serialised by a lock).
+pub fn bootstrap() -> &'static str {
+    static BOOTSTRAP: OnceLock<String> = OnceLock::new();
+    BOOTSTRAP.get_or_init(|| {
+        if let Ok(b) = std::env::var("KAFKA_BOOTSTRAP") {
+            if !b.trim().is_empty() {
+                return b.trim().to_owned();
+            }
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka");
+        let out = Command::new(&script).arg("start").output().expect("cannot run scripts/kafka start");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "scripts/kafka start failed ({}):\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("KAFKA_BOOTSTRAP="))
+            .last()
+            .unwrap_or_else(|| panic!("scripts/kafka start printed no KAFKA_BOOTSTRAP=:\n{stdout}"))
+            .trim()
+            .to_owned()
+    })
+}
+
+/// A name no other test, test binary or earlier run uses: `prefix-<ms>-<pid>-<n>`.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    format!("{prefix}-{}-{}-{}", now_ms(), std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Polls `cond` every 10 ms until it holds (true) or `timeout` passes (false).
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn client_config() -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap());
+    c
+}
+
+/// Runs an rdkafka future (admin requests) to completion.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime").block_on(f)
+}
+
+/// Partition count of `topic` per the broker's metadata, with leaders for all of them; `None`
+/// while the topic is unknown or not fully up.
+pub fn partition_count(topic: &str) -> Option<usize> {
+    let consumer: BaseConsumer = client_config().create().expect("metadata client");
+    let md = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT).ok()?;
+    let t = md.topics().iter().find(|t| t.name() == topic)?;
+    if t.error().is_some() || t.partitions().is_empty() || t.partitions().iter().any(|p| p.leader() < 0) {
+        return None;
+    }
+    Some(t.partitions().len())
+}
+
+/// Creates topics with the given partition counts (replication 1) and waits until the metadata
+/// shows every partition with a leader.
+pub fn create_topics(topics: &[(&str, i32)]) {
+    let admin: AdminClient<DefaultClientContext> = client_config().create().expect("admin client");
+    let new: Vec<NewTopic<'_>> =
+        topics.iter().map(|(name, parts)| NewTopic::new(name, *parts, TopicReplication::Fixed(1))).collect();
+    let opts = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT)).request_timeout(Some(REQUEST_TIMEOUT));
+    let results = block_on(admin.create_topics(&new, &opts)).expect("CreateTopics request");
+    for r in results {
+        if let Err((name, code)) = r {
+            panic!("cannot create topic {name}: {code}");
+        }
+    }
+    for (name, parts) in topics {
+        assert!(
+            wait_until(Duration::from_secs(30), || partition_count(name) == Some(*parts as usize)),
+            "topic {name} did not show {parts} partitions with leaders in the metadata"
+        );
+    }
+}
+
+/// One record to produce. `partition: None` lets the default partitioner pick by key.
+#[derive(Debug, Clone, Default)]
+pub struct Rec {
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub timestamp_ms: Option<i64>,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub partition: Option<i32>,
+}
+
+impl Rec {
+    pub fn new(key: Option<&str>, payload: impl Into<Vec<u8>>) -> Rec {
+        Rec { key: key.map(|k| k.as_bytes().to_vec()), payload: payload.into(), ..Rec::default() }
+    }
+
+    pub fn at(mut self, timestamp_ms: i64) -> Rec {
+        self.timestamp_ms = Some(timestamp_ms);
+        self
+    }
+
+    pub fn header(mut self, key: &str, value: &[u8]) -> Rec {
+        self.headers.push((key.to_owned(), value.to_vec()));
+        self
+    }
+}
+
+/// Delivery reports by record index.
+struct Deliveries(Mutex<Vec<Option<Result<(i32, i64), String>>>>);
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = Box<usize>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, index: Box<usize>) {
+        let r = match result {
+            Ok(m) => Ok((m.partition(), m.offset())),
+            Err((e, _)) => Err(e.to_string()),
+        };
+        self.0.lock().unwrap()[*index] = Some(r);
+    }
+}
+
+/// Produces `records` to `topic` in order (idempotent producer: order per partition is kept) and
+/// waits until all are acknowledged. Returns each record's (partition, offset).
+pub fn produce(topic: &str, records: &[Rec]) -> Vec<(i32, i64)> {
+    let producer: BaseProducer<Deliveries> = client_config()
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create_with_context(Deliveries(Mutex::new(vec![None; records.len()])))
+        .expect("test producer");
+    for (i, r) in records.iter().enumerate() {
+        let mut headers = OwnedHeaders::new();
+        for (k, v) in &r.headers {
+            headers = headers.insert(Header { key: k, value: Some(v) });
+        }
+        let mut record = BaseRecord::<[u8], [u8], Box<usize>>::with_opaque_to(topic, Box::new(i)).payload(&r.payload);
+        if let Some(k) = &r.key {
+            record = record.key(&k[..]);
+        }
+        if let Some(ts) = r.timestamp_ms {
+            record = record.timestamp(ts);
+        }
+        if let Some(p) = r.partition {
+            record = record.partition(p);
+        }
+        if !r.headers.is_empty() {
+            record = record.headers(headers);
+        }
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), rec)) => {
+                    record = rec;
+                    producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => panic!("cannot produce to {topic}: {e}"),
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(60)).expect("flush of the test producer");
+    let reports = producer.context().0.lock().unwrap().clone();
+    reports
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| match r {
+            Some(Ok(po)) => po,
+            Some(Err(e)) => panic!("record {i} to {topic} not delivered: {e}"),
+            None => panic!("record {i} to {topic}: no delivery report after flush"),
+        })
+        .collect()
+}
+
+/// Produces JSON lines, each keyed by `key_fn(line)`; returns each line's (partition, offset).
+pub fn produce_lines(topic: &str, lines: &[Vec<u8>], key_fn: impl Fn(&[u8]) -> Option<String>) -> Vec<(i32, i64)> {
+    let records: Vec<Rec> = lines.iter().map(|l| Rec::new(key_fn(l).as_deref(), l.clone())).collect();
+    produce(topic, &records)
+}
+
+/// The `lead_id` of an event line (string, or integer as its decimal text); `None` if the line
+/// has none.
+pub fn lead_key(line: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(line).ok()?;
+    match v.get("lead_id")? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// A record read back.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: Option<i64>,
+    /// Wall clock when this reader got it.
+    pub received_ms: i64,
+}
+
+impl Received {
+    pub fn key_str(&self) -> Option<&str> {
+        self.key.as_deref().map(|k| std::str::from_utf8(k).expect("UTF-8 key"))
+    }
+
+    pub fn text(&self) -> &str {
+        std::str::from_utf8(&self.payload).expect("UTF-8 payload")
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    /// Values of the headers named `key`, in order.
+    pub fn header(&self, key: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| std::str::from_utf8(v).expect("UTF-8 header"))
+            .collect()
+    }
+}
+
+/// Reads a topic from the beginning, all partitions, `read_committed`, accumulating records.
+pub struct Reader {
+    consumer: BaseConsumer,
+    pub topic: String,
+    pub records: Vec<Received>,
+}
+
+impl Reader {
+    /// Assigns every partition of `topic` (which must exist) from the beginning, under a fresh
+    /// group id (nothing is committed).
+    pub fn new(topic: &str) -> Reader {
+        let parts = partition_count(topic).unwrap_or_else(|| panic!("topic {topic} does not exist"));
+        let consumer: BaseConsumer = client_config()
+            .set("group.id", unique("reader"))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("fetch.wait.max.ms", "10")
+            .set("enable.partition.eof", "false")
+            .create()
+            .expect("test consumer");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..parts as i32 {
+            tpl.add_partition_offset(topic, p, Offset::Beginning).expect("partition offset");
+        }
+        consumer.assign(&tpl).expect("assign");
+        Reader { consumer, topic: topic.to_owned(), records: Vec::new() }
+    }
+
+    /// Polls until `done(records so far)` holds or `timeout` passes; returns whether it held.
+    pub fn poll_until(&mut self, timeout: Duration, mut done: impl FnMut(&[Received]) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if done(&self.records) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            match self.consumer.poll(left.min(Duration::from_millis(20))) {
+                Some(Ok(m)) => {
+                    let headers = m
+                        .headers()
+                        .map(|h| h.iter().map(|h| (h.key.to_owned(), h.value.unwrap_or(&[]).to_vec())).collect())
+                        .unwrap_or_default();
+                    self.records.push(Received {
+                        key: m.key().map(<[u8]>::to_vec),
+                        payload: m.payload().unwrap_or(&[]).to_vec(),
+                        headers,
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        timestamp_ms: m.timestamp().to_millis(),
+                        received_ms: now_ms(),
+                    });
+                }
+                Some(Err(e)) => panic!("reading {}: {e}", self.topic),
+                None => {}
+            }
+        }
+    }
+
+    /// Keeps reading for `quiet` and returns how many records arrived meanwhile (to check that
+    /// nothing more than expected is on the topic).
+    pub fn drain_for(&mut self, quiet: Duration) -> usize {
+        let before = self.records.len();
+        self.poll_until(quiet, |_| false);
+        self.records.len() - before
+    }
+}
+
+/// Reads `topic` from the beginning until `done(records)` holds or `timeout` passes; returns what
+/// was read (the caller asserts on it).
+pub fn read_all(topic: &str, timeout: Duration, done: impl FnMut(&[Received]) -> bool) -> Vec<Received> {
+    let mut r = Reader::new(topic);
+    r.poll_until(timeout, done);
+    r.records
+}
+
+/// Committed offsets of `group` for every partition of `topic` (`None`: nothing committed).
+pub fn committed_offsets(group: &str, topic: &str) -> Vec<Option<i64>> {
+    let parts = partition_count(topic).unwrap_or_else(|| panic!("topic {topic} does not exist"));
+    let consumer: BaseConsumer = client_config().set("group.id", group).create().expect("offsets client");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..parts as i32 {
+        tpl.add_partition(topic, p);
+    }
+    let got = consumer.committed_offsets(tpl, REQUEST_TIMEOUT).expect("OffsetFetch");
+    (0..parts as i32)
+        .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => Some(o),
+            _ => None,
+        })
+        .collect()
+}
+
+/// High watermarks (end offsets) of every partition of `topic`.
+pub fn end_offsets(topic: &str) -> Vec<i64> {
+    let parts = partition_count(topic).unwrap_or_else(|| panic!("topic {topic} does not exist"));
+    let consumer: BaseConsumer = client_config().create().expect("watermarks client");
+    (0..parts as i32).map(|p| consumer.fetch_watermarks(topic, p, REQUEST_TIMEOUT).expect("watermarks").1).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Models
+
+/// `examples/model.toml`.
+pub fn example_model_text() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/model.toml")).expect("example model")
+}
+
+/// The example model with a 3650-day half-life and no `forget_after`: over the seconds a test
+/// runs, decay moves no score across a threshold, so the wall clock (`run`) and the watermark
+/// (`replay`) give the same transitions.
+pub fn long_half_life_model_text() -> String {
+    let text = example_model_text();
+    assert!(text.contains("half_life = \"14d\"") && text.contains("forget_after = \"180d\""), "example model changed");
+    text.replace("half_life = \"14d\"", "half_life = \"3650d\"")
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("forget_after"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub fn parse_model(text: &str) -> Model {
+    Model::from_toml(text).unwrap_or_else(|e| panic!("test model invalid: {e:?}\n{text}"))
+}
+
+/// Writes a model to a file that lives as long as the returned guard.
+pub fn model_file(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::Builder::new().suffix(".toml").tempfile().expect("temp file");
+    f.write_all(text.as_bytes()).expect("write model");
+    f.flush().expect("flush model");
+    f
+}
+
+// ---------------------------------------------------------------------------------------------
+// The service in process
+
+/// Topics, group and model of a running [`Service`].
+pub struct Running {
+    pub service: Option<Service>,
+    pub cfg: Config,
+    pub model: Arc<Model>,
+    pub input: String,
+    pub output: String,
+    pub dlq: String,
+    pub addr: SocketAddr,
+    _model_file: tempfile::NamedTempFile,
+}
+
+impl Running {
+    pub fn svc(&self) -> &Service {
+        self.service.as_ref().expect("service running")
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.addr, path).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    pub fn metrics(&self) -> Vec<Sample> {
+        let (status, body) = self.get("/metrics");
+        assert_eq!(status, 200, "/metrics: {body}");
+        parse_metrics(&body)
+    }
+
+    /// Waits until `expected` input partitions are assigned and `/readyz` answers 200.
+    pub fn wait_ready(&self, expected: usize, timeout: Duration) {
+        let ok = wait_until(timeout, || {
+            self.svc().shared.assigned() == expected && http_get(self.addr, "/readyz").is_ok_and(|(s, _)| s == 200)
+        });
+        assert!(ok, "service not ready with {expected} partitions within {timeout:?}");
+    }
+
+    /// Graceful shutdown; panics on a pipeline error.
+    pub fn shutdown(&mut self) {
+        if let Some(s) = self.service.take() {
+            s.shutdown().expect("graceful shutdown");
+        }
+    }
+}
+
+/// What [`start_service`] sets up.
+pub struct ServiceSpec<'a> {
+    pub model_toml: &'a str,
+    /// Partitions of the input topic; 0: do not create it (the test creates it later).
+    pub input_partitions: i32,
+    /// Last changes to the config.
+    pub tweak: &'a dyn Fn(&mut Config),
+}
+
+/// Creates fresh input, output and dead-letter topics, builds an at-least-once config (random
+/// group, commits every 100 ms, HTTP on 127.0.0.1:0) and starts the service in process.
+pub fn start_service(spec: ServiceSpec<'_>) -> Running {
+    let input = unique("in");
+    let output = unique("out");
+    let dlq = unique("dlq");
+    let mut topics = vec![(output.as_str(), 1), (dlq.as_str(), 1)];
+    if spec.input_partitions > 0 {
+        topics.push((input.as_str(), spec.input_partitions));
+    }
+    create_topics(&topics);
+    let model_file = model_file(spec.model_toml);
+    let mut cfg = Config::default();
+    cfg.kafka.brokers = bootstrap().to_owned();
+    cfg.kafka.group_id = unique("group");
+    cfg.kafka.input_topics = vec![input.clone()];
+    cfg.kafka.output_topic = output.clone();
+    cfg.kafka.dead_letter_topic = dlq.clone();
+    cfg.kafka.state_topic = unique("state");
+    cfg.kafka.processing_guarantee = ProcessingGuarantee::AtLeastOnce;
+    cfg.kafka.commit_interval_ms = 100;
+    cfg.http.listen = "127.0.0.1:0".parse().expect("address");
+    cfg.model.path = model_file.path().to_owned();
+    (spec.tweak)(&mut cfg);
+    cfg.validate().unwrap_or_else(|e| panic!("test config invalid: {e}"));
+    let model = Arc::new(Model::load(&cfg.model.path).unwrap_or_else(|e| panic!("test model invalid: {e:?}")));
+    let service = Service::start(cfg.clone(), Arc::clone(&model)).expect("Service::start");
+    let addr = service.http_addr();
+    Running { service: Some(service), cfg, model, input, output, dlq, addr, _model_file: model_file }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP
+
+/// `GET path` over a plain TCP connection (HTTP/1.1, `Connection: close`): status and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no header end in {} bytes", raw.len())))?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut body = raw[split + 4..].to_vec();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line: {head}")))?;
+    if head.lines().any(|l| l.to_ascii_lowercase().replace(' ', "") == "transfer-encoding:chunked") {
+        body = dechunk(&body)?;
+    }
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+fn dechunk(mut b: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = b.windows(2).position(|w| w == b"\r\n").ok_or_else(|| std::io::Error::other("bad chunk"))?;
+        let size_text = String::from_utf8_lossy(&b[..eol]);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| std::io::Error::other("bad chunk size"))?;
+        b = &b[eol + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(b.get(..size).ok_or_else(|| std::io::Error::other("short chunk"))?);
+        b = b.get(size + 2..).unwrap_or(&[]);
+    }
+}
+
+/// One sample of the Prometheus text format.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// Parses the sample lines of a Prometheus text exposition (comments skipped).
+pub fn parse_metrics(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (name_end, mut labels) = (line.find(['{', ' ']).expect("sample line"), BTreeMap::new());
+        let name = line[..name_end].to_owned();
+        let mut rest = &line[name_end..];
+        if rest.starts_with('{') {
+            let mut chars = rest[1..].char_indices();
+            let (mut key, mut value, mut in_value, mut escaped) = (String::new(), String::new(), false, false);
+            let mut end = None;
+            while let Some((i, c)) = chars.next() {
+                if in_value {
+                    match (escaped, c) {
+                        (true, 'n') => {
+                            value.push('\n');
+                            escaped = false;
+                        }
+                        (true, c) => {
+                            value.push(c);
+                            escaped = false;
+                        }
+                        (false, '\\') => escaped = true,
+                        (false, '"') => {
+                            labels.insert(std::mem::take(&mut key), std::mem::take(&mut value));
+                            in_value = false;
+                        }
+                        (false, c) => value.push(c),
+                    }
+                } else {
+                    match c {
+                        '}' => {
+                            end = Some(i + 2);
+                            break;
+                        }
+                        '=' => {
+                            let (_, q) = chars.next().expect("quote");
+                            assert_eq!(q, '"', "label value must be quoted: {line}");
+                            in_value = true;
+                        }
+                        ',' | ' ' => {}
+                        c => key.push(c),
+                    }
+                }
+            }
+            rest = &rest[end.unwrap_or_else(|| panic!("unterminated labels: {line}"))..];
+        }
+        let value_text = rest.split_whitespace().next().unwrap_or_else(|| panic!("no value: {line}"));
+        let value = match value_text {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse().unwrap_or_else(|_| panic!("bad value in {line}")),
+        };
+        out.push(Sample { name, labels, value });
+    }
+    out
+}
+
+/// The value of the sample `name` whose labels include all of `labels`; panics unless exactly one.
+pub fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    let hits: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+        .collect();
+    assert_eq!(hits.len(), 1, "{name}{labels:?}: expected one sample, got {hits:?}");
+    hits[0].value
+}
+
+/// Sum of all samples named `name`.
+pub fn sum_of(samples: &[Sample], name: &str) -> f64 {
+    samples.iter().filter(|s| s.name == name).map(|s| s.value).sum()
+}
+
+/// Path of the `leadscore` binary (only valid in integration tests of this package).
+pub fn target_dir_hint() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target")
+}
