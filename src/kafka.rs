@@ -40,7 +40,9 @@ pub fn consumer_config(cfg: &KafkaConfig) -> ClientConfig {
         .set("fetch.queue.backoff.ms", "10")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "2000")
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        // Consumer lag per partition for leadscore_consumer_lag_records.
+        .set("statistics.interval.ms", "5000");
     passthrough(c, cfg)
 }
 

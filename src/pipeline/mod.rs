@@ -105,7 +105,22 @@ pub struct Rebalancing {
     metrics: Metrics,
 }
 
-impl ClientContext for Rebalancing {}
+impl ClientContext for Rebalancing {
+    /// librdkafka's statistics (every `statistics.interval.ms`): consumer lag per partition.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut total = 0i64;
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                // Partition -1 is librdkafka's internal UA partition; lag -1 means unknown.
+                if *partition >= 0 && p.consumer_lag >= 0 && self.shared.owns(topic, *partition) {
+                    self.metrics.consumer_lag.with_label_values(&[topic.as_str(), &partition.to_string()]).set(p.consumer_lag);
+                    total += p.consumer_lag;
+                }
+            }
+        }
+        self.shared.set_lag(total);
+    }
+}
 
 impl ConsumerContext for Rebalancing {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

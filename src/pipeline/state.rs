@@ -2,7 +2,7 @@
 //! the offsets processed and committed, and the latest transitions for the status page.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rdkafka::TopicPartitionList;
@@ -44,6 +44,8 @@ pub struct Shared {
     events: AtomicU64,
     rejected: AtomicU64,
     transitions: AtomicU64,
+    /// Records behind the high watermark over owned partitions; -1 before the first statistics.
+    lag: AtomicI64,
 }
 
 const LATEST: usize = 50;
@@ -64,6 +66,7 @@ impl Shared {
             events: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             transitions: AtomicU64::new(0),
+            lag: AtomicI64::new(-1),
         })
     }
 
@@ -88,6 +91,15 @@ impl Shared {
     pub(crate) fn drop_partitions(&self, tpl: &TopicPartitionList) -> usize {
         let mut parts = lock(&self.partitions);
         tpl.elements().iter().filter(|e| parts.remove(&(e.topic().to_owned(), e.partition())).is_some()).count()
+    }
+
+    /// Is this input partition assigned here?
+    pub fn owns(&self, topic: &str, partition: i32) -> bool {
+        lock(&self.partitions).contains_key(&(topic.to_owned(), partition))
+    }
+
+    pub(crate) fn set_lag(&self, lag: i64) {
+        self.lag.store(lag, Ordering::Relaxed);
     }
 
     /// Partitions owned now.
@@ -251,7 +263,7 @@ impl StatusSource for Shared {
             "transitions_total": self.transitions.load(Ordering::Relaxed),
             "distribution": distribution,
             "latest_transitions": latest,
-            "instance": { "ready": self.health.is_ready(), "assigned_partitions": self.assigned(), "lag": null },
+            "instance": { "ready": self.health.is_ready(), "assigned_partitions": self.assigned(), "lag": (self.lag.load(Ordering::Relaxed) >= 0).then(|| self.lag.load(Ordering::Relaxed)) },
         })
     }
 }

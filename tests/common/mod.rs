@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -629,9 +629,4 @@ pub fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
 /// Sum of all samples named `name`.
 pub fn sum_of(samples: &[Sample], name: &str) -> f64 {
     samples.iter().filter(|s| s.name == name).map(|s| s.value).sum()
-}
-
-/// Path of the `leadscore` binary (only valid in integration tests of this package).
-pub fn target_dir_hint() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target")
 }
