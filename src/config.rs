@@ -548,7 +548,11 @@ pub fn process_env() -> HashMap<String, String> {
 impl Config {
     /// Loads the config: the file (if given), then the `LEADSCORE_*` variables of `env`, then
     /// `overrides`; then validates the result, reporting every problem at once.
-    pub fn load(path: Option<&Path>, env: &HashMap<String, String>, overrides: &Overrides) -> Result<Config, ConfigError> {
+    pub fn load(
+        path: Option<&Path>,
+        env: &HashMap<String, String>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
         let mut config = match path {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -701,8 +705,10 @@ impl Config {
             problems.push(Problem::ZeroMaxEventBytes);
         }
         if parse_duration_ms(&self.input.max_future_skew).is_none() {
-            problems
-                .push(Problem::InvalidDuration { key: "input.max_future_skew", value: self.input.max_future_skew.clone() });
+            problems.push(Problem::InvalidDuration {
+                key: "input.max_future_skew",
+                value: self.input.max_future_skew.clone(),
+            });
         }
         if problems.is_empty() {
             Ok(())
@@ -777,7 +783,9 @@ impl<'de> Visitor<'de> for PropVisitor {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Prop, A::Error> {
-        Err(de::Error::custom("librdkafka values must be strings, integers or booleans; write a list as a comma-separated string"))
+        Err(de::Error::custom(
+            "librdkafka values must be strings, integers or booleans; write a list as a comma-separated string",
+        ))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Prop, A::Error> {
@@ -879,7 +887,7 @@ mod tests {
         // Every key is written out (commented-out optional keys included).
         let text = std::fs::read_to_string(path).unwrap();
         for var in ENV_VARS {
-            let key = var.trim_start_matches(ENV_PREFIX).splitn(2, '_').nth(1).unwrap().to_ascii_lowercase();
+            let key = var.trim_start_matches(ENV_PREFIX).split_once('_').unwrap().1.to_ascii_lowercase();
             assert!(text.contains(&format!("{key} =")), "examples/leadscore.toml lacks {key}");
         }
     }
@@ -957,10 +965,7 @@ listen = "0.0.0.0:8080"
         }
         let c = Config::load(None, &e, &Overrides::default()).unwrap();
         let k = &c.kafka;
-        assert_eq!(
-            (k.brokers.as_str(), k.group_id.as_str(), k.output_topic.as_str()),
-            ("b1:9092,b2:9092", "g", "out")
-        );
+        assert_eq!((k.brokers.as_str(), k.group_id.as_str(), k.output_topic.as_str()), ("b1:9092,b2:9092", "g", "out"));
         assert_eq!(k.input_topics, ["in1", "in2"]);
         assert_eq!((k.dead_letter_topic.as_str(), k.state_topic.as_str()), ("dlq", "state"));
         assert_eq!(k.processing_guarantee, ProcessingGuarantee::AtLeastOnce);
@@ -1188,12 +1193,18 @@ max_future_skew = "5 minutes"
             check(Overrides { input_topics: Some(vec![]), ..Overrides::default() }, &[]),
             Err(vec!["no_input_topics"])
         );
-        assert_eq!(check(Overrides::default(), &[("LEADSCORE_KAFKA_INPUT_TOPICS", " , ")]), Err(vec!["no_input_topics"]));
+        assert_eq!(
+            check(Overrides::default(), &[("LEADSCORE_KAFKA_INPUT_TOPICS", " , ")]),
+            Err(vec!["no_input_topics"])
+        );
         assert_eq!(
             check(Overrides { output_topic: Some("lead-events".into()), ..Overrides::default() }, &[]),
             Err(vec!["topic_reused"])
         );
-        assert_eq!(check(Overrides::default(), &[("LEADSCORE_INPUT_MAX_FUTURE_SKEW", "5")]), Err(vec!["invalid_duration"]));
+        assert_eq!(
+            check(Overrides::default(), &[("LEADSCORE_INPUT_MAX_FUTURE_SKEW", "5")]),
+            Err(vec!["invalid_duration"])
+        );
         assert_eq!(
             check(Overrides { brokers: Some(String::new()), ..Overrides::default() }, &[]),
             Err(vec!["missing_brokers"])

@@ -205,19 +205,12 @@ pub fn distribution(bounds: &[f64], cumulative: &[u64], tracked: u64) -> Vec<Buc
     let mut out: Vec<Bucket> = bounds
         .iter()
         .enumerate()
-        .map(|(i, &b)| Bucket { le: le_label(b), count: cumulative.get(i).copied().unwrap_or(0) })
+        .map(|(i, &b)| Bucket { le: crate::metrics::le_label(b), count: cumulative.get(i).copied().unwrap_or(0) })
         .collect();
     out.push(Bucket { le: "+Inf".to_owned(), count: tracked });
     out
 }
 
-fn le_label(v: f64) -> String {
-    if v.fract() == 0.0 && v.abs() < 1e15 {
-        format!("{}", v as i64)
-    } else {
-        format!("{v}")
-    }
-}
 
 /// The `/leads/{lead_id}` body of a tracked lead, with the transition's vocabulary (spec section
 /// 5): group totals by name, fit rules by id, times in RFC 3339.
@@ -1029,7 +1022,9 @@ mod tests {
         assert!(r.header("content-security-policy").contains("default-src 'none'"));
         let page = r.body.to_ascii_lowercase();
         assert!(page.contains("api/status"));
-        for banned in ["http://", "https://", "src=", "href=", "@import", "url(", "innerhtml", "//cdn", "document.write"] {
+        for banned in
+            ["http://", "https://", "src=", "href=", "@import", "url(", "innerhtml", "//cdn", "document.write"]
+        {
             assert!(!page.contains(banned), "the status page contains {banned:?}");
         }
 

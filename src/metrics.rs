@@ -100,7 +100,7 @@ impl Collector for ScoreCollector {
         tracked.with_label_values(&m).set(snap.totals.leads as f64);
         qualified.with_label_values(&m).set(snap.totals.qualified as f64);
         for (i, bound) in self.bounds.iter().enumerate() {
-            let le = prometheus_float(*bound);
+            let le = le_label(*bound);
             by_score.with_label_values(&[self.model.as_str(), &le]).set(snap.cumulative.get(i).copied().unwrap_or(0) as f64);
         }
         by_score.with_label_values(&[self.model.as_str(), "+Inf"]).set(snap.totals.leads as f64);
@@ -109,7 +109,7 @@ impl Collector for ScoreCollector {
 }
 
 /// Formats a bound the way Prometheus writes `le` values (`60`, `45.5`, `-25`).
-fn prometheus_float(v: f64) -> String {
+pub fn le_label(v: f64) -> String {
     if v.fract() == 0.0 && v.abs() < 1e15 {
         format!("{}", v as i64)
     } else {

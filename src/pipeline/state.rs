@@ -9,7 +9,7 @@ use rdkafka::TopicPartitionList;
 
 use crate::engine::{Applied, Engine, Totals, Transition};
 use crate::event::LeadEvent;
-use crate::http::{Health, LeadAnswer, StatusSource};
+use crate::http::{distribution, Health, InstanceStatus, LeadAnswer, RecentTransition, StatusReport, StatusSource};
 use crate::metrics::{count_into, score_bounds, ScoreSnapshot, ScoreSource};
 use crate::model::Model;
 use crate::time::format_rfc3339_ms;
@@ -25,22 +25,12 @@ struct Partition {
     committed: Option<i64>,
 }
 
-/// A transition as the status page lists it.
-#[derive(Debug, Clone, serde::Serialize)]
-struct Latest {
-    at: String,
-    lead_id: String,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    score: f64,
-}
-
 /// State shared between the pipeline thread and the HTTP handlers.
 pub struct Shared {
     model: Arc<Model>,
     health: Arc<Health>,
     partitions: Mutex<BTreeMap<(String, i32), Partition>>,
-    latest: Mutex<VecDeque<Latest>>,
+    latest: Mutex<VecDeque<RecentTransition>>,
     events: AtomicU64,
     rejected: AtomicU64,
     transitions: AtomicU64,
@@ -48,7 +38,7 @@ pub struct Shared {
     lag: AtomicI64,
 }
 
-const LATEST: usize = 50;
+const LATEST: usize = StatusReport::LATEST_TRANSITIONS;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves plain data behind, never a broken invariant that
@@ -179,10 +169,11 @@ impl Shared {
         if latest.len() == LATEST {
             latest.pop_back();
         }
-        latest.push_front(Latest {
+        // Newest first, as the status page lists them.
+        latest.push_front(RecentTransition {
             at: format_rfc3339_ms(t.at_ms),
             lead_id: t.lead_id.clone(),
-            kind: t.kind.event_type(),
+            kind: t.kind.event_type().to_owned(),
             score: t.score,
         });
     }
@@ -204,28 +195,8 @@ impl Shared {
     /// A lead's current view as JSON, from whichever partition holds it.
     pub fn lead_json(&self, lead_id: &str, now: i64) -> Option<serde_json::Value> {
         let parts = lock(&self.partitions);
-        parts.values().find_map(|p| p.engine.lead(lead_id, now)).map(|v| {
-            let groups: serde_json::Map<String, serde_json::Value> =
-                self.model.groups.iter().zip(&v.breakdown.groups).map(|(g, x)| (g.name.clone(), (*x).into())).collect();
-            let fit_rules: Vec<&str> = v.breakdown.fit_rules.iter().map(|&i| self.model.fits[i].id.as_str()).collect();
-            serde_json::json!({
-                "lead_id": v.lead_id,
-                "model": self.model.name,
-                "model_version": self.model.version,
-                "score": v.score,
-                "qualified": v.qualified,
-                "at": format_rfc3339_ms(now),
-                "clock": format_rfc3339_ms(v.clock_ms),
-                "transitions": v.transitions,
-                "breakdown": {
-                    "fit": v.breakdown.fit,
-                    "fixed": v.breakdown.fixed,
-                    "engagement": v.breakdown.engagement,
-                    "groups": groups,
-                    "fit_rules": fit_rules,
-                },
-            })
-        })
+        let view = parts.values().find_map(|p| p.engine.lead(lead_id, now))?;
+        Some(crate::http::lead_json(&self.model, &view, now))
     }
 }
 
@@ -244,26 +215,37 @@ impl StatusSource for Shared {
     }
 
     fn status(&self) -> serde_json::Value {
+        let now = wall_ms();
         let bounds = score_bounds(&self.model);
-        let snap = self.snapshot_at(wall_ms(), &bounds);
-        let distribution: Vec<serde_json::Value> = bounds
-            .iter()
-            .zip(&snap.cumulative)
-            .map(|(le, count)| serde_json::json!({ "le": le.to_string(), "count": count }))
-            .collect();
-        let latest: Vec<Latest> = lock(&self.latest).iter().cloned().collect();
-        serde_json::json!({
-            "model": self.model.name,
-            "model_version": self.model.version,
-            "average_score": snap.totals.average(),
-            "tracked_leads": snap.totals.leads,
-            "qualified_leads": snap.totals.qualified,
-            "events_total": self.events.load(Ordering::Relaxed),
-            "rejected_total": self.rejected.load(Ordering::Relaxed),
-            "transitions_total": self.transitions.load(Ordering::Relaxed),
-            "distribution": distribution,
-            "latest_transitions": latest,
-            "instance": { "ready": self.health.is_ready(), "assigned_partitions": self.assigned(), "lag": (self.lag.load(Ordering::Relaxed) >= 0).then(|| self.lag.load(Ordering::Relaxed)) },
-        })
+        let snap = self.snapshot_at(now, &bounds);
+        let latest = lock(&self.latest).iter().cloned().collect();
+        let lag = self.lag.load(Ordering::Relaxed);
+        let report = StatusReport {
+            model: self.model.name.clone(),
+            model_version: self.model.version.clone(),
+            now: format_rfc3339_ms(now),
+            qualify_at: self.model.qualify_at,
+            disqualify_below: self.model.disqualify_below,
+            average_score: snap.totals.average(),
+            tracked_leads: snap.totals.leads as u64,
+            qualified_leads: snap.totals.qualified as u64,
+            events_total: self.events.load(Ordering::Relaxed),
+            rejected_total: self.rejected.load(Ordering::Relaxed),
+            transitions_total: self.transitions.load(Ordering::Relaxed),
+            distribution: distribution(&bounds, &snap.cumulative, snap.totals.leads as u64),
+            latest_transitions: latest,
+            instance: InstanceStatus {
+                id: String::new(),
+                ready: self.health.is_ready(),
+                assigned_partitions: self.assigned() as u64,
+                lag: lag.max(0) as u64,
+            },
+        };
+        let mut v = report.to_value();
+        if lag < 0 {
+            // Unknown until librdkafka's first statistics: the page shows a dash, not a zero.
+            v["instance"]["lag"] = serde_json::Value::Null;
+        }
+        v
     }
 }

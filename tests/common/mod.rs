@@ -63,8 +63,8 @@ pub fn bootstrap() -> &'static str {
         );
         stdout
             .lines()
-            .filter_map(|l| l.strip_prefix("KAFKA_BOOTSTRAP="))
-            .last()
+            .rev()
+            .find_map(|l| l.strip_prefix("KAFKA_BOOTSTRAP="))
             .unwrap_or_else(|| panic!("scripts/kafka start printed no KAFKA_BOOTSTRAP=:\n{stdout}"))
             .trim()
             .to_owned()
@@ -161,8 +161,11 @@ impl Rec {
     }
 }
 
+/// Where a record went, or why it did not; `None` until its delivery report arrives.
+type Report = Option<Result<(i32, i64), String>>;
+
 /// Delivery reports by record index.
-struct Deliveries(Mutex<Vec<Option<Result<(i32, i64), String>>>>);
+struct Deliveries(Mutex<Vec<Report>>);
 
 impl ClientContext for Deliveries {}
 
@@ -178,61 +181,100 @@ impl ProducerContext for Deliveries {
     }
 }
 
-/// Produces `records` to `topic` in order (idempotent producer: order per partition is kept) and
-/// waits until all are acknowledged. Returns each record's (partition, offset).
-pub fn produce(topic: &str, records: &[Rec]) -> Vec<(i32, i64)> {
-    let producer: BaseProducer<Deliveries> = client_config()
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .set("queue.buffering.max.messages", "1000000")
-        .create_with_context(Deliveries(Mutex::new(vec![None; records.len()])))
-        .expect("test producer");
-    for (i, r) in records.iter().enumerate() {
-        let mut headers = OwnedHeaders::new();
-        for (k, v) in &r.headers {
-            headers = headers.insert(Header { key: k, value: Some(v) });
-        }
-        let mut record = BaseRecord::<[u8], [u8], Box<usize>>::with_opaque_to(topic, Box::new(i)).payload(&r.payload);
-        if let Some(k) = &r.key {
-            record = record.key(&k[..]);
-        }
-        if let Some(ts) = r.timestamp_ms {
-            record = record.timestamp(ts);
-        }
-        if let Some(p) = r.partition {
-            record = record.partition(p);
-        }
-        if !r.headers.is_empty() {
-            record = record.headers(headers);
-        }
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), rec)) => {
-                    record = rec;
-                    producer.poll(Duration::from_millis(10));
+/// An idempotent producer (order per partition is kept) that reports where each record went.
+/// Creating and closing one costs about half a second: streams reuse one.
+pub struct TestProducer {
+    producer: BaseProducer<Deliveries>,
+}
+
+impl Default for TestProducer {
+    fn default() -> Self {
+        TestProducer::new()
+    }
+}
+
+impl TestProducer {
+    pub fn new() -> TestProducer {
+        let producer = client_config()
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("queue.buffering.max.messages", "1000000")
+            .create_with_context(Deliveries(Mutex::new(Vec::new())))
+            .expect("test producer");
+        TestProducer { producer }
+    }
+
+    /// Produces `records` to `topic` in order and waits until all are acknowledged. Returns each
+    /// record's (partition, offset).
+    pub fn send(&self, topic: &str, records: &[Rec]) -> Vec<(i32, i64)> {
+        *self.producer.context().0.lock().unwrap() = vec![None; records.len()];
+        for (i, r) in records.iter().enumerate() {
+            let mut headers = OwnedHeaders::new();
+            for (k, v) in &r.headers {
+                headers = headers.insert(Header { key: k, value: Some(v) });
+            }
+            let mut record =
+                BaseRecord::<[u8], [u8], Box<usize>>::with_opaque_to(topic, Box::new(i)).payload(&r.payload);
+            if let Some(k) = &r.key {
+                record = record.key(&k[..]);
+            }
+            if let Some(ts) = r.timestamp_ms {
+                record = record.timestamp(ts);
+            }
+            if let Some(p) = r.partition {
+                record = record.partition(p);
+            }
+            if !r.headers.is_empty() {
+                record = record.headers(headers);
+            }
+            loop {
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    Err((
+                        rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                        rec,
+                    )) => {
+                        record = rec;
+                        self.producer.poll(Duration::from_millis(10));
+                    }
+                    Err((e, _)) => panic!("cannot produce to {topic}: {e}"),
                 }
-                Err((e, _)) => panic!("cannot produce to {topic}: {e}"),
             }
         }
+        self.producer.flush(Duration::from_secs(60)).expect("flush of the test producer");
+        let reports = std::mem::take(&mut *self.producer.context().0.lock().unwrap());
+        reports
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| match r {
+                Some(Ok(po)) => po,
+                Some(Err(e)) => panic!("record {i} to {topic} not delivered: {e}"),
+                None => panic!("record {i} to {topic}: no delivery report after flush"),
+            })
+            .collect()
     }
-    producer.flush(Duration::from_secs(60)).expect("flush of the test producer");
-    let reports = producer.context().0.lock().unwrap().clone();
-    reports
-        .into_iter()
-        .enumerate()
-        .map(|(i, r)| match r {
-            Some(Ok(po)) => po,
-            Some(Err(e)) => panic!("record {i} to {topic} not delivered: {e}"),
-            None => panic!("record {i} to {topic}: no delivery report after flush"),
-        })
-        .collect()
+
+    /// [`TestProducer::send`] of JSON lines, each keyed by `key_fn(line)`.
+    pub fn send_lines(
+        &self,
+        topic: &str,
+        lines: &[Vec<u8>],
+        key_fn: impl Fn(&[u8]) -> Option<String>,
+    ) -> Vec<(i32, i64)> {
+        let records: Vec<Rec> = lines.iter().map(|l| Rec::new(key_fn(l).as_deref(), l.clone())).collect();
+        self.send(topic, &records)
+    }
+}
+
+/// Produces `records` to `topic` in order with a new [`TestProducer`] and waits until all are
+/// acknowledged. Returns each record's (partition, offset).
+pub fn produce(topic: &str, records: &[Rec]) -> Vec<(i32, i64)> {
+    TestProducer::new().send(topic, records)
 }
 
 /// Produces JSON lines, each keyed by `key_fn(line)`; returns each line's (partition, offset).
 pub fn produce_lines(topic: &str, lines: &[Vec<u8>], key_fn: impl Fn(&[u8]) -> Option<String>) -> Vec<(i32, i64)> {
-    let records: Vec<Rec> = lines.iter().map(|l| Rec::new(key_fn(l).as_deref(), l.clone())).collect();
-    produce(topic, &records)
+    TestProducer::new().send_lines(topic, lines, key_fn)
 }
 
 /// The `lead_id` of an event line (string, or integer as its decimal text); `None` if the line
@@ -343,6 +385,30 @@ impl Reader {
         }
     }
 
+    /// Reads until this reader's position reaches the end offsets the topic has now (every
+    /// record written before the call); returns whether it did within `timeout`.
+    pub fn poll_to_end(&mut self, timeout: Duration) -> bool {
+        let ends = end_offsets(&self.topic);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let position = self.consumer.position().expect("position");
+            let done = ends.iter().enumerate().all(|(p, &end)| {
+                end == 0
+                    || matches!(position.find_partition(&self.topic, p as i32).map(|e| e.offset()),
+                                Some(Offset::Offset(o)) if o >= end)
+            });
+            if done {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let n = self.records.len();
+            self.poll_until(left.min(Duration::from_millis(50)), |r| r.len() > n);
+        }
+    }
+
     /// Keeps reading for `quiet` and returns how many records arrived meanwhile (to check that
     /// nothing more than expected is on the topic).
     pub fn drain_for(&mut self, quiet: Duration) -> usize {
@@ -357,6 +423,13 @@ impl Reader {
 pub fn read_all(topic: &str, timeout: Duration, done: impl FnMut(&[Received]) -> bool) -> Vec<Received> {
     let mut r = Reader::new(topic);
     r.poll_until(timeout, done);
+    r.records
+}
+
+/// Every record of `topic` written before the call, read from the beginning.
+pub fn read_to_end(topic: &str, timeout: Duration) -> Vec<Received> {
+    let mut r = Reader::new(topic);
+    assert!(r.poll_to_end(timeout), "could not read {topic} to its end within {timeout:?}");
     r.records
 }
 
