@@ -132,23 +132,13 @@ pub fn replay(model: Arc<Model>, input: &mut impl BufRead, out: &mut impl Write,
                 continue;
             }
         };
-        // The duplicate check comes before any clock moves: a duplicate moves no watermark.
-        if engine.is_duplicate(&ev) {
-            rejected[RejectReason::Duplicate.index()] += 1;
-            continue;
-        }
-        let t = ev.timestamp_ms;
-        if watermark.is_none_or(|w| t > w) {
-            watermark = Some(t);
-            engine.advance(t, &mut |t| sink.emit(t));
-        }
-        match engine.apply(&ev, &mut |t| sink.emit(t)) {
-            Applied::Accepted => events += 1,
-            // Unreachable after `is_duplicate`; counted the same way should it ever happen.
+        match engine.apply_in_event_time(&ev, &mut |t| sink.emit(t)) {
+            Applied::Accepted => {
+                events += 1;
+                watermark = Some(watermark.map_or(ev.timestamp_ms, |w| w.max(ev.timestamp_ms)));
+            }
             Applied::Duplicate => rejected[RejectReason::Duplicate.index()] += 1,
         }
-        // Crossings this event set up in the past of the watermark fire right after it.
-        engine.advance(watermark.expect("set above"), &mut |t| sink.emit(t));
         if let Some(e) = sink.error.take() {
             return Err(e);
         }

@@ -87,17 +87,14 @@ impl EngineRun {
         let le = ev.as_lead_event();
         let out = &mut self.out;
         let mut emit = |t: Transition| out.push(t);
-        if self.engine.is_duplicate(&le) {
-            self.duplicates += 1;
-            return;
+        // `replay`'s step (the engine's clock is the watermark): a duplicate moves no clock;
+        // otherwise what is due up to the event fires first, then the event, then what it set up
+        // in the past.
+        match self.engine.apply_in_event_time(&le, &mut emit) {
+            Applied::Duplicate => self.duplicates += 1,
+            Applied::Accepted => self.watermark = Some(self.watermark.map_or(ev.t, |w| w.max(ev.t))),
         }
-        if self.watermark.is_none_or(|w| ev.t > w) {
-            self.watermark = Some(ev.t);
-            self.engine.advance(ev.t, &mut emit);
-        }
-        assert_eq!(self.engine.apply(&le, &mut emit), Applied::Accepted, "apply disagrees with is_duplicate");
-        let w = self.watermark.expect("set above");
-        self.engine.advance(w, &mut emit);
+        assert_eq!(self.engine.clock(), self.watermark.unwrap_or(i64::MIN), "the engine's clock is the watermark");
     }
 
     fn finish(&mut self) {

@@ -213,12 +213,27 @@ points = 20.0
 /// One event of 20 points at τ = now: `lead_qualified` at τ; then the score halves every 2 s and
 /// reaches 5 = 20·2^(-2) at exactly τ + 2·h = τ + 4000 ms, when `lead_disqualified` must be
 /// published with `trigger` null, `score` 5 and `at` = τ + 4000 ms, and no later than 2 s after
-/// that (the issue asks for "at most a second late"; 2 s leaves room for a loaded 2-core machine:
-/// the service fires crossings every `commit_interval_ms` = 100 ms, so on an idle machine it
-/// arrives within ~0.2 s, which the test prints).
+/// that (the issue asks for "at most a second late"; 2 s leaves room for a loaded 2-core machine;
+/// on an idle machine it arrives within ~0.1 s, which the test prints).
 #[test]
 fn decay_driven_disqualification_on_time() {
-    let mut run = start_service(ServiceSpec { model_toml: DECAY_MODEL, input_partitions: 1, tweak: &|_| {} });
+    decay_driven_disqualification(100);
+}
+
+/// The same with `commit_interval_ms` = 30000 (allowed: 1..=60000). Crossings must still fire from
+/// the wall clock within about a second: they have their own tick, independent of commits (a
+/// regression test: they once fired only at commit ticks).
+#[test]
+fn decay_driven_disqualification_on_time_with_slow_commits() {
+    decay_driven_disqualification(30_000);
+}
+
+fn decay_driven_disqualification(commit_interval_ms: u64) {
+    let mut run = start_service(ServiceSpec {
+        model_toml: DECAY_MODEL,
+        input_partitions: 1,
+        tweak: &|c| c.kafka.commit_interval_ms = commit_interval_ms,
+    });
     run.wait_ready(1, Duration::from_secs(30));
     let mut out = Reader::new(&run.output);
 
@@ -226,7 +241,13 @@ fn decay_driven_disqualification_on_time() {
     let event = format!(r#"{{"lead_id":"decay-lead","type":"hit","timestamp":{tau},"event_id":"e-1"}}"#);
     produce(&run.input, &[Rec::new(Some("decay-lead"), event)]);
     let crossing = tau + 4000;
-    assert!(out.poll_until(Duration::from_secs(20), |r| r.len() >= 2), "got {:?}", out.records);
+    // Until 3 s after the crossing time (the bound below is 2 s).
+    let until = Duration::from_millis((crossing + 3000 - now_ms()).max(0) as u64);
+    assert!(
+        out.poll_until(until, |r| r.len() >= 2),
+        "no lead_disqualified within 3 s of the crossing time; got {:?}",
+        out.records.iter().map(Received::text).collect::<Vec<_>>()
+    );
     assert_eq!(out.drain_for(Duration::from_millis(200)), 0, "more than two transitions");
 
     let q = out.records[0].json();

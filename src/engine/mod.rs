@@ -188,6 +188,9 @@ pub struct Engine {
     rules_by_type: HashMap<Box<str>, Box<[u32]>, Hasher>,
     /// Column of each rule's limit state, `usize::MAX` when it has no limit.
     limit_col: Vec<usize>,
+    /// For each rule and condition, the index of its property path among the model's distinct
+    /// paths: an event's properties are looked into once per path, however many rules read it.
+    cond_path: Vec<Vec<usize>>,
     /// Distinct attributes read by fit rules, and each fit rule's index into them.
     attr_names: Vec<String>,
     fit_attr: Vec<usize>,
@@ -220,6 +223,9 @@ pub const MAX_GROUPS_AND_LIMITS: usize = 61;
 
 const ZERO: u64 = 0; // 0.0f64.to_bits()
 
+/// Distinct property paths whose values an event caches while its rules are evaluated.
+const PATH_CACHE: usize = 16;
+
 impl Engine {
     /// A new engine with no leads.
     ///
@@ -249,6 +255,23 @@ impl Engine {
         }
         let mut rules_by_type = HashMap::with_hasher(store::hasher());
         rules_by_type.extend(by_type.into_iter().map(|(k, v)| (k, v.into_boxed_slice())));
+        let mut paths: Vec<&[String]> = Vec::new();
+        let cond_path = model
+            .rules
+            .iter()
+            .map(|r| {
+                r.when
+                    .iter()
+                    .map(|c| match paths.iter().position(|p| *p == c.path.as_slice()) {
+                        Some(i) => i,
+                        None => {
+                            paths.push(&c.path);
+                            paths.len() - 1
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
         let mut attr_names: Vec<String> = Vec::new();
         let mut fit_attr = Vec::with_capacity(model.fits.len());
         for f in &model.fits {
@@ -267,6 +290,7 @@ impl Engine {
             attrs: Vec::new(),
             rules_by_type,
             limit_col,
+            cond_path,
             attr_names,
             fit_attr,
             n_groups,
@@ -403,6 +427,22 @@ impl Engine {
         }
     }
 
+    /// `replay`'s step: the engine's clock is the watermark. A duplicate is rejected before any
+    /// clock moves; otherwise crossings and removals due up to the event's time fire first (if it
+    /// moves the watermark), then the event applies, then crossings it set up in the past of the
+    /// watermark fire at once.
+    pub fn apply_in_event_time(&mut self, ev: &LeadEvent<'_>, out: &mut impl FnMut(Transition)) -> Applied {
+        if self.is_duplicate(ev) {
+            return Applied::Duplicate;
+        }
+        if ev.timestamp_ms > self.clock {
+            self.advance(ev.timestamp_ms, out);
+        }
+        let applied = self.apply(ev, out);
+        self.advance(self.clock, out);
+        applied
+    }
+
     /// Applies one decoded event. Emits at most one transition (the check after the event), and
     /// schedules the lead's next decay-driven crossing. Due crossings are not fired here: the
     /// caller owns the clock and calls [`Engine::advance`].
@@ -457,11 +497,16 @@ impl Engine {
         // Every matching rule, in file order.
         let model = Arc::clone(&self.model);
         if let Some(rules) = self.rules_by_type.get(ev.event_type.as_ref()) {
+            // Values found at each property path, looked up at most once per event.
+            let mut found: [Option<Option<Value<'_>>>; PATH_CACHE] = std::array::from_fn(|_| None);
             for &ri in rules.iter() {
                 let rule = &model.rules[ri as usize];
-                let holds = rule.when.iter().all(|c| {
-                    let v = ev.properties.as_ref().and_then(|p| p.get(&c.path));
-                    c.test.holds(v.as_ref())
+                let holds = rule.when.iter().zip(&self.cond_path[ri as usize]).all(|(c, &pi)| {
+                    let lookup = || ev.properties.as_ref().and_then(|p| p.get(&c.path));
+                    match found.get_mut(pi) {
+                        Some(slot) => c.test.holds(slot.get_or_insert_with(lookup).as_ref()),
+                        None => c.test.holds(lookup().as_ref()),
+                    }
                 });
                 if !holds {
                     continue;

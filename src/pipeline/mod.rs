@@ -62,6 +62,10 @@ impl PipelineError {
     }
 }
 
+/// How often due crossings are checked between records (they are also checked before each
+/// record of a partition): the bound on how late a decay-driven transition goes out.
+const CROSSING_TICK: Duration = Duration::from_millis(100);
+
 /// Milliseconds since the epoch, from the wall clock: the clock of decay-driven crossings and
 /// `future_timestamp` in `run`.
 pub fn wall_ms() -> i64 {
@@ -232,6 +236,7 @@ impl Pipeline {
         let w = &mut worker;
         let interval = Duration::from_millis(w.cfg.kafka.commit_interval_ms);
         let mut next_commit = Instant::now() + interval;
+        let mut next_crossings = Instant::now() + CROSSING_TICK;
         info!(topics = ?w.cfg.kafka.input_topics, group = %w.cfg.kafka.group_id, "consuming");
         while !shutdown.load(Ordering::Relaxed) {
             // A short poll timeout: shutdown, crossings and commits are noticed within it.
@@ -256,8 +261,13 @@ impl Pipeline {
                 None => {}
             }
             w.producer.poll(Duration::ZERO);
-            if Instant::now() >= next_commit {
+            let now = Instant::now();
+            if now >= next_crossings {
+                // Decay-driven crossings follow the wall clock, whatever the commit interval.
                 w.fire_due_crossings();
+                next_crossings = now + CROSSING_TICK;
+            }
+            if now >= next_commit {
                 w.commit(&consumer, CommitMode::Async)?;
                 next_commit = Instant::now() + interval;
             }
@@ -353,9 +363,11 @@ impl Worker {
                 headers = headers.insert(Header { key: header.key, value: header.value });
             }
         }
-        let mut record = BaseRecord::with_opaque_to(&self.cfg.kafka.dead_letter_topic, Box::new(-1))
-            .payload(msg.payload().unwrap_or(&[]))
-            .headers(headers);
+        let mut record = BaseRecord::with_opaque_to(&self.cfg.kafka.dead_letter_topic, Box::new(-1)).headers(headers);
+        // Bytes unchanged: a record without a value stays without one.
+        if let Some(payload) = msg.payload() {
+            record = record.payload(payload);
+        }
         if let Some(key) = msg.key() {
             record = record.key(key);
         }
