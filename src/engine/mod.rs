@@ -735,8 +735,17 @@ impl Engine {
     /// has doubled since the last prune.
     fn prune_dedup(&mut self) {
         let window = self.model.dedup_window_ms;
+        // Every lead's clock is at most the engine's clock (the watermark in replay), so an entry
+        // within the window of the engine's clock is still needed, whatever its lead: keep it
+        // without touching the lead (a random memory access per entry would dominate the prune).
+        let recent = if self.clock == i64::MIN { i64::MIN } else { self.clock.saturating_sub(window) };
         let cores = &self.store.cores;
         self.dedup.retain(|k, &mut clock| {
+            if clock >= recent {
+                // (An entry of a removed lead is never matched again: lookups carry the slot's
+                // current generation. It goes once it is older than the window.)
+                return true;
+            }
             let c = &cores[k.slot as usize];
             c.live && c.gen == k.gen && clock >= c.tau.saturating_sub(window)
         });
