@@ -801,9 +801,51 @@ impl Engine {
         Totals { leads, qualified, score_sum: sum + comp }
     }
 
-    /// Remembered event ids (for memory accounting).
+    /// Remembered event ids (for memory accounting and tests).
     pub fn remembered_event_ids(&self) -> usize {
         self.dedup.len()
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::borrow::Cow;
+
+    fn model(src_tail: &str) -> Arc<Model> {
+        let src = format!("name = \"m\"\nversion = \"1\"\n[score]\nqualify_at = 1000.0\nhalf_life = \"1h\"\n{src_tail}");
+        Arc::new(Model::from_toml(&src).expect("valid model"))
+    }
+
+    fn ev<'a>(lead: &'a str, t: i64, id: &'a str) -> LeadEvent<'a> {
+        LeadEvent {
+            lead_id: Cow::Borrowed(lead),
+            event_type: Cow::Borrowed("visit"),
+            timestamp_ms: t,
+            event_id: Some(Cow::Borrowed(id)),
+            properties: None,
+        }
+    }
+
+    /// Thousands of remembered ids force several prunes; what the window still covers stays
+    /// remembered, what it no longer covers is forgotten, leads' own clocks decide.
+    #[test]
+    fn dedup_survives_prunes() {
+        let m = model("dedup_window = \"10s\"\n");
+        let mut e = Engine::new(m);
+        let mut out = |_t: Transition| {};
+        // A quiet lead whose clock stays at 0: its id stays a duplicate however far others go.
+        assert_eq!(e.apply_in_event_time(&ev("quiet", 0, "q"), &mut out), Applied::Accepted);
+        let ids: Vec<String> = (0..5000).map(|i| format!("e{i}")).collect();
+        for (i, id) in ids.iter().enumerate() {
+            let t = i as i64 * 100; // 500 s in all: far more than the 10 s window
+            assert_eq!(e.apply_in_event_time(&ev("busy", t, id), &mut out), Applied::Accepted);
+        }
+        assert!(e.remembered_event_ids() < 3000, "prunes dropped old ids: {}", e.remembered_event_ids());
+        // The busy lead's clock is 499.9 s: ids from the last 10 s are duplicates, older ones not.
+        assert_eq!(e.apply_in_event_time(&ev("busy", 499_900, "e4990"), &mut out), Applied::Duplicate);
+        assert_eq!(e.apply_in_event_time(&ev("busy", 499_900, "e10"), &mut out), Applied::Accepted);
+        assert_eq!(e.apply_in_event_time(&ev("quiet", 0, "q"), &mut out), Applied::Duplicate);
+    }
+}
