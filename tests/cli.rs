@@ -1,0 +1,47 @@
+//! The binary's behaviour that needs no broker.
+
+use std::process::Command;
+
+fn leadscore() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_leadscore"))
+}
+
+/// `run` refuses `exactly_once` (the default) instead of silently running at-least-once.
+#[test]
+fn run_refuses_exactly_once_until_it_exists() {
+    let out = leadscore()
+        .args(["run", "--brokers", "127.0.0.1:1", "--listen", "127.0.0.1:0", "--model", "examples/model.toml"])
+        .env("LEADSCORE_LOG", "error")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("exactly_once") && stderr.contains("at_least_once"), "{stderr}");
+}
+
+/// Config mistakes are reported before anything connects, all at once.
+#[test]
+fn run_reports_config_errors() {
+    let out = leadscore()
+        .args(["run", "--processing-guarantee", "at_least_once", "--listen", "127.0.0.1:0"])
+        .env("LEADSCORE_KAFKA_COMMIT_INTERVAL_MS", "0")
+        .env("LEADSCORE_LOG", "error")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("brokers"), "missing brokers not reported: {stderr}");
+    assert!(stderr.contains("commit_interval_ms"), "bad commit interval not reported: {stderr}");
+}
+
+/// A typo in a LEADSCORE_* variable is an error, not a silently ignored setting.
+#[test]
+fn run_rejects_unknown_environment_variables() {
+    let out = leadscore()
+        .args(["run", "--brokers", "127.0.0.1:1", "--processing-guarantee", "at_least_once"])
+        .env("LEADSCORE_KAFKA_BROKER", "typo:9092")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("LEADSCORE_KAFKA_BROKER"), "{out:?}");
+}
