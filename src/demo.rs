@@ -60,7 +60,10 @@ pub fn run(opts: DemoOptions, model: Arc<Model>, stop: Arc<AtomicBool>) -> Resul
     cfg.http.listen = opts.listen;
     let service = Service::start(cfg, Arc::clone(&model))?;
     let base = format!("http://{}", service.http_addr());
-    println!("leadscore demo: model {:?} version {:?}, {} events/s over {} leads", model.name, model.version, opts.rate_per_s, opts.leads);
+    println!(
+        "leadscore demo: model {:?} version {:?}, {} events/s over {} leads",
+        model.name, model.version, opts.rate_per_s, opts.leads
+    );
     println!("  status page  {base}/");
     println!("  metrics      {base}/metrics");
     println!("  readiness    {base}/readyz");

@@ -91,14 +91,33 @@ impl Rng {
 }
 
 const PATHS: &[&str] = &[
-    "/", "/", "/blog/lead-scoring-101", "/blog/sales-ops", "/product", "/product/integrations", "/docs/getting-started",
-    "/pricing", "/pricing/enterprise", "/customers", "/careers", "/careers/engineering", "/contact",
+    "/",
+    "/",
+    "/blog/lead-scoring-101",
+    "/blog/sales-ops",
+    "/product",
+    "/product/integrations",
+    "/docs/getting-started",
+    "/pricing",
+    "/pricing/enterprise",
+    "/customers",
+    "/careers",
+    "/careers/engineering",
+    "/contact",
 ];
 const MARKETING: &[&str] = &["email_open", "email_open", "email_click", "ad_click"];
 const SOCIAL: &[&str] = &["like", "share", "comment", "follow"];
 const TITLES: &[&str] = &[
-    "VP Sales", "Head of Marketing", "Director of Revenue Operations", "Chief Revenue Officer", "Sales Manager",
-    "Account Executive", "Software Engineer", "Student", "Marketing Intern", "CTO",
+    "VP Sales",
+    "Head of Marketing",
+    "Director of Revenue Operations",
+    "Chief Revenue Officer",
+    "Sales Manager",
+    "Account Executive",
+    "Software Engineer",
+    "Student",
+    "Marketing Intern",
+    "CTO",
 ];
 const COUNTRIES: &[&str] = &["US", "GB", "DE", "FR", "CA", "AU", "NL", "IN", "BR", "JP"];
 const DOMAINS: &[&str] = &["acme.com", "globex.com", "initech.com", "umbrella.io", "gmail.com", "rivalscore.com"];
@@ -175,7 +194,8 @@ impl Generator {
             0 => out.extend_from_slice(b"{\"lead_id\":\"lead-1\",\"type\":\"login\",\"timest"),
             1 => out.extend_from_slice(b"[\"not\",\"an\",\"object\"]"),
             2 => write!(out, "{{\"lead_id\":\"lead-{lead}\",\"timestamp\":{ts}}}").expect("vec"),
-            3 => write!(out, "{{\"lead_id\":\"lead-{lead}\",\"type\":\"login\",\"timestamp\":\"yesterday\"}}").expect("vec"),
+            3 => write!(out, "{{\"lead_id\":\"lead-{lead}\",\"type\":\"login\",\"timestamp\":\"yesterday\"}}")
+                .expect("vec"),
             4 => write!(out, "{{\"lead_id\":true,\"type\":\"login\",\"timestamp\":{ts}}}").expect("vec"),
             _ => out.extend_from_slice(b"{\"lead_id\":\"lead-\xff\",\"type\":\"login\"}"),
         }
@@ -321,7 +341,10 @@ pub fn produce(
             loop {
                 match producer.send(record) {
                     Ok(()) => break,
-                    Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+                    Err((
+                        rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                        r,
+                    )) => {
                         record = r;
                         std::thread::sleep(Duration::from_millis(5));
                     }

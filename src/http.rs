@@ -211,7 +211,6 @@ pub fn distribution(bounds: &[f64], cumulative: &[u64], tracked: u64) -> Vec<Buc
     out
 }
 
-
 /// The `/leads/{lead_id}` body of a tracked lead, with the transition's vocabulary (spec section
 /// 5): group totals by name, fit rules by id, times in RFC 3339.
 ///

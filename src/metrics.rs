@@ -61,10 +61,7 @@ pub struct ScoreCollector {
 
 impl ScoreCollector {
     pub fn new(model: &Model, source: Arc<dyn ScoreSource>) -> ScoreCollector {
-        let descs = Self::gauges("")
-            .iter()
-            .flat_map(|g| g.desc().into_iter().cloned().collect::<Vec<_>>())
-            .collect();
+        let descs = Self::gauges("").iter().flat_map(|g| g.desc().into_iter().cloned().collect::<Vec<_>>()).collect();
         ScoreCollector { model: model.name.clone(), bounds: score_bounds(model), source, descs }
     }
 
@@ -101,7 +98,9 @@ impl Collector for ScoreCollector {
         qualified.with_label_values(&m).set(snap.totals.qualified as f64);
         for (i, bound) in self.bounds.iter().enumerate() {
             let le = le_label(*bound);
-            by_score.with_label_values(&[self.model.as_str(), &le]).set(snap.cumulative.get(i).copied().unwrap_or(0) as f64);
+            by_score
+                .with_label_values(&[self.model.as_str(), &le])
+                .set(snap.cumulative.get(i).copied().unwrap_or(0) as f64);
         }
         by_score.with_label_values(&[self.model.as_str(), "+Inf"]).set(snap.totals.leads as f64);
         [avg, sum, tracked, qualified, by_score].iter().flat_map(|g| g.collect()).collect()
@@ -154,7 +153,8 @@ impl Metrics {
             registry.register(Box::new(c.clone())).expect("metric names are unique");
             c
         };
-        let events = counter_vec("leadscore_events_total", "Valid events consumed, by type (unknown types: other).", &["type"]);
+        let events =
+            counter_vec("leadscore_events_total", "Valid events consumed, by type (unknown types: other).", &["type"]);
         let rejected = counter_vec("leadscore_events_rejected_total", "Rejected records, by reason.", &["reason"]);
         let transitions = counter_vec("leadscore_transitions_total", "Transitions published.", &["model", "kind"]);
         let commits = counter_vec("leadscore_commits_total", "Offset commits or transactions, by result.", &["result"]);
@@ -183,8 +183,9 @@ impl Metrics {
         let dead_letters = IntCounter::new("leadscore_dead_letters_total", "Records written to the dead-letter topic.")
             .expect("valid metric definition");
         registry.register(Box::new(dead_letters.clone())).expect("metric names are unique");
-        let assigned_partitions = IntGauge::new("leadscore_assigned_partitions", "Input partitions assigned to this instance.")
-            .expect("valid metric definition");
+        let assigned_partitions =
+            IntGauge::new("leadscore_assigned_partitions", "Input partitions assigned to this instance.")
+                .expect("valid metric definition");
         registry.register(Box::new(assigned_partitions.clone())).expect("metric names are unique");
         let consumer_lag = prometheus::IntGaugeVec::new(
             Opts::new("leadscore_consumer_lag_records", "Records behind the high watermark, per input partition."),

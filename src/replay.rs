@@ -111,7 +111,12 @@ impl<W: Write> Sink<'_, W> {
 }
 
 /// Replays `input` through a new engine, writing transitions as JSON lines to `out`.
-pub fn replay(model: Arc<Model>, input: &mut impl BufRead, out: &mut impl Write, opts: ReplayOptions) -> io::Result<Summary> {
+pub fn replay(
+    model: Arc<Model>,
+    input: &mut impl BufRead,
+    out: &mut impl Write,
+    opts: ReplayOptions,
+) -> io::Result<Summary> {
     let mut engine = Engine::new(Arc::clone(&model));
     let decode_opts = DecodeOptions { max_event_bytes: opts.max_event_bytes, ..DecodeOptions::default() };
     let mut rejected = [0u64; RejectReason::ALL.len()];

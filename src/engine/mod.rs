@@ -409,7 +409,11 @@ impl Engine {
     }
 
     fn dedup_key(&self, slot: u32, event_id: &str) -> DedupKey {
-        DedupKey { slot, gen: self.store.cores[slot as usize].gen, id_hash: self.dedup_hasher.hash_one(event_id.as_bytes()) }
+        DedupKey {
+            slot,
+            gen: self.store.cores[slot as usize].gen,
+            id_hash: self.dedup_hasher.hash_one(event_id.as_bytes()),
+        }
     }
 
     /// Would [`Engine::apply`] reject this event as a duplicate right now?
@@ -598,7 +602,14 @@ impl Engine {
     }
 
     /// Records a transition in the lead's state and builds its record.
-    fn transition(&mut self, slot: u32, kind: TransitionKind, at: i64, score: f64, trigger: Option<Trigger>) -> Transition {
+    fn transition(
+        &mut self,
+        slot: u32,
+        kind: TransitionKind,
+        at: i64,
+        score: f64,
+        trigger: Option<Trigger>,
+    ) -> Transition {
         let breakdown = self.breakdown(slot, at);
         let core = &mut self.store.cores[slot as usize];
         core.qualified = kind == TransitionKind::Qualified;
@@ -807,14 +818,14 @@ impl Engine {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::borrow::Cow;
 
     fn model(src_tail: &str) -> Arc<Model> {
-        let src = format!("name = \"m\"\nversion = \"1\"\n[score]\nqualify_at = 1000.0\nhalf_life = \"1h\"\n{src_tail}");
+        let src =
+            format!("name = \"m\"\nversion = \"1\"\n[score]\nqualify_at = 1000.0\nhalf_life = \"1h\"\n{src_tail}");
         Arc::new(Model::from_toml(&src).expect("valid model"))
     }
 

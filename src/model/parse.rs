@@ -504,7 +504,11 @@ impl<'s> Checker<'s> {
                 }
                 if let (Some(floor), Some((span, path))) = (floor, floor_span) {
                     if floor > 0.0 {
-                        self.error(span, &path, format!("floor ({floor}) must not be positive: totals decay towards 0"));
+                        self.error(
+                            span,
+                            &path,
+                            format!("floor ({floor}) must not be positive: totals decay towards 0"),
+                        );
                     }
                 }
                 group.cap = cap.unwrap_or(f64::INFINITY);
@@ -936,7 +940,9 @@ mod tests {
             src.push_str(&format!("[group.g{i}]\ncap = 1.0\n"));
         }
         for i in 0..22 {
-            src.push_str(&format!("[[rule]]\nid = \"r{i}\"\nevent = \"e\"\npoints = 1.0\nlimit = {{ count = 1, per = \"1h\" }}\n"));
+            src.push_str(&format!(
+                "[[rule]]\nid = \"r{i}\"\nevent = \"e\"\npoints = 1.0\nlimit = {{ count = 1, per = \"1h\" }}\n"
+            ));
         }
         let e = errs(&src);
         assert_eq!(e.len(), 1, "{e:?}");

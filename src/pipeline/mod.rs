@@ -117,7 +117,10 @@ impl ClientContext for Rebalancing {
             for (partition, p) in &t.partitions {
                 // Partition -1 is librdkafka's internal UA partition; lag -1 means unknown.
                 if *partition >= 0 && p.consumer_lag >= 0 && self.shared.owns(topic, *partition) {
-                    self.metrics.consumer_lag.with_label_values(&[topic.as_str(), &partition.to_string()]).set(p.consumer_lag);
+                    self.metrics
+                        .consumer_lag
+                        .with_label_values(&[topic.as_str(), &partition.to_string()])
+                        .set(p.consumer_lag);
                     total += p.consumer_lag;
                 }
             }

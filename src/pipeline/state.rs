@@ -157,7 +157,9 @@ impl Shared {
     pub(crate) fn committed(&self, tpl: &TopicPartitionList) {
         let mut parts = lock(&self.partitions);
         for e in tpl.elements() {
-            if let (Some(p), rdkafka::Offset::Offset(o)) = (parts.get_mut(&(e.topic().to_owned(), e.partition())), e.offset()) {
+            if let (Some(p), rdkafka::Offset::Offset(o)) =
+                (parts.get_mut(&(e.topic().to_owned(), e.partition())), e.offset())
+            {
                 p.committed = Some(o);
             }
         }
