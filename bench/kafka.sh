@@ -10,17 +10,20 @@
 #          run` at_least_once with a fresh group, polling /metrics every POLL_S s until
 #          leadscore_events_total + leadscore_events_rejected_total reaches N. Prints both rates,
 #          their ratio, leadscore's CPU seconds and peak RSS, and the /metrics scrape times.
-# latency  For each rate in RATES: fresh topics, `leadscore run` consuming live, the probe
-#          (examples/latency_probe.rs) on the output topic, then `leadscore generate --rate R`
-#          for DURATION_S s. Prints the probe's latency percentiles (input record timestamp to the
-#          transition's arrival downstream) and leadscore's own leadscore_transition_latency_seconds
-#          histogram as a cross-check.
+# latency  For each rate in RATES, DURATION_S s of `leadscore generate --rate R` (real time) into a
+#          fresh topic: first with only a bare consumer reading it (the floor: what any consumer
+#          sees at this rate on this machine), then with `leadscore run` consuming it live and
+#          examples/latency_probe.rs reading the output topic. Prints the latency percentiles from
+#          the input record's timestamp to the transition's arrival downstream, split at the
+#          output record's timestamp, and leadscore's own leadscore_transition_latency_seconds.
 #
 # Environment: N (3000000), CATCHUP_LEADS (1000000), POLL_S (0.5), RATES ("10000 50000"),
 #   DURATION_S (30), LAT_LEADS (10000: enough transitions for a p99.9), INPUT_TS (CreateTime, or
-#   LogAppendTime: the input topic's message.timestamp.type), BASELINE (1: the probe also reads the
-#   input topic live with a bare consumer, the floor of any consumer's latency; empty: off),
-#   KAFKA_BOOTSTRAP (127.0.0.1:9092), BENCH_LEADSCORE_BIN (the binary whose `run` is measured; default
+#   LogAppendTime: the input topic's message.timestamp.type), BASELINE (1: before each leadscore
+#   run, the same traffic with only a bare consumer (no leadscore): the floor; empty: skip it),
+#   KAFKA_PORT, KAFKA_CONTROLLER_PORT, KAFKA_HOME_DIR, KAFKA_JVM_OPTS (scripts/kafka's: e.g. a
+#   dedicated broker on other ports; KAFKA_JVM_OPTS= gives it the full C2 JIT),
+#   BENCH_LEADSCORE_BIN (the binary whose `run` is measured, to compare a patched build; default
 #   target/release/leadscore, built here; the generator is always the one built here),
 #   LEADSCORE_LIBRDKAFKA_* (passed to leadscore: try settings without editing src/kafka.rs).
 # Starts the local broker (scripts/kafka start) if it is not running, and stops it at the end only
@@ -39,7 +42,8 @@ DURATION_S=${DURATION_S:-30}
 LAT_LEADS=${LAT_LEADS:-10000}
 INPUT_TS=${INPUT_TS:-CreateTime}
 BASELINE=${BASELINE-1}
-BROKERS=${KAFKA_BOOTSTRAP:-127.0.0.1:9092}
+BROKERS=127.0.0.1:${KAFKA_PORT:-9092}
+KAFKA_DIR=${KAFKA_HOME_DIR:-.kafka}
 RUN_ID="$(date +%s)$$"
 PREFIX="bench-kafka-$RUN_ID"
 DATA="target/bench-data/kafka/$RUN_ID"
@@ -70,16 +74,23 @@ if ! scripts/kafka status >/dev/null 2>&1; then
   scripts/kafka start >/dev/null
   STARTED_KAFKA=1
 fi
-KAFKA_PID=$(cat .kafka/kafka.pid)
+KAFKA_PID=$(cat "$KAFKA_DIR/kafka.pid")
 
 PIDS=()      # background processes started here, stopped by pid in cleanup
 TOPICS=0     # 1 once a topic may exist
+forget_pid() { # forget_pid PID: reaped, so cleanup must not signal it (the pid may be reused)
+  local p keep=()
+  for p in "${PIDS[@]}"; do [[ "$p" == "$1" ]] || keep+=("$p"); done
+  PIDS=("${keep[@]}")
+}
 stop_pid() { # stop_pid PID [SECONDS]: SIGTERM, wait up to SECONDS, then SIGKILL; reap
   local pid=$1 secs=${2:-30} i
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for ((i = 0; i < secs * 10; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null || true
+  if kill -TERM "$pid" 2>/dev/null; then
+    for ((i = 0; i < secs * 10; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
   wait "$pid" 2>/dev/null || true
+  forget_pid "$pid"
 }
 cleanup() {
   local rc=$? pid
@@ -127,9 +138,11 @@ machine() {
   echo "cpu: $(nproc) x $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)" \
     "($(systemd-detect-virt 2>/dev/null || echo unknown virt))"
   echo "memory: $(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo); kernel $(uname -r)"
-  echo "kafka: $(cat .kafka/lib/.version 2>/dev/null) broker pid $KAFKA_PID, JVM options:" \
+  echo "kafka: $(cat "$KAFKA_DIR/lib/.version" 2>/dev/null) on $BROKERS, broker pid $KAFKA_PID, JVM options:" \
     "$(tr '\0' ' ' <"/proc/$KAFKA_PID/cmdline" | grep -o -- '-X[^ ]*' | tr '\n' ' ')"
   echo "client: rdkafka-sys $(cargo tree -p rdkafka-sys --depth 0 2>/dev/null | awk '{ print $2 }') ; $(rustc --version)"
+  echo "source: commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)," \
+    "$(git status --porcelain -- src Cargo.toml 2>/dev/null | wc -l) uncommitted change(s) under src/ and Cargo.toml"
   echo "load average at start: $(loadavg); busiest processes:"
   ps -eo pcpu,comm --sort=-pcpu | sed -n '2,6p' | sed 's/^/  /'
 }
@@ -250,7 +263,85 @@ print(f"leadscore histogram (input record timestamp to delivery report, {count:.
 EOF
 }
 
-latency_at() { # latency_at RATE
+start_probe() { # start_probe NAME ARGS...: the probe in the background, waits for "ready"; sets PROBE_PID
+  local name=$1; shift
+  "$PROBE" --brokers "$BROKERS" --max-s $((DURATION_S + 240)) "$@" \
+    >"$DATA/$name-probe.json" 2>"$DATA/$name-probe.log" &
+  PROBE_PID=$!
+  PIDS+=("$PROBE_PID")
+  local deadline=$((SECONDS + 30))
+  until grep -q "ready" "$DATA/$name-probe.log"; do
+    ((SECONDS < deadline)) || { log "probe not ready within 30 s"; cat "$DATA/$name-probe.log" >&2; exit 1; }
+    sleep 0.1
+  done
+}
+
+finish_probe() { # finish_probe: SIGTERM, then wait for its report (the join reads the input topic)
+  kill -TERM "$PROBE_PID"
+  local deadline=$((SECONDS + 200))
+  while kill -0 "$PROBE_PID" 2>/dev/null; do
+    ((SECONDS < deadline)) || { log "probe did not finish within 200 s"; exit 1; }
+    sleep 0.2
+  done
+  local rc=0
+  wait "$PROBE_PID" || rc=$?
+  forget_pid "$PROBE_PID"
+  ((rc == 0)) || { log "probe failed (exit $rc)"; exit 1; }
+}
+
+generate_live() { # generate_live NAME TOPIC RATE COUNT [LS_PID]: real-time generator; prints CPU shares
+  local name=$1 topic=$2 rate=$3 count=$4 lspid=${5:-} t0 t1 k0 k1 l0=0 l1=0
+  log "generating $count events at $rate/s"
+  echo "load average before: $(loadavg)"
+  k0=$(cpu_s "$KAFKA_PID"); [[ -n "$lspid" ]] && l0=$(cpu_s "$lspid"); t0=$(now)
+  /usr/bin/time -f "%U %S" -o "$DATA/$name-generate.time" timeout $((DURATION_S + 120)) "$BIN" generate \
+    --brokers "$BROKERS" --topic "$topic" --rate "$rate" --count "$count" --leads "$LAT_LEADS" --seed 1 \
+    2>"$DATA/$name-generate.log"
+  t1=$(now); k1=$(cpu_s "$KAFKA_PID"); [[ -n "$lspid" ]] && l1=$(cpu_s "$lspid")
+  echo "load average after: $(loadavg)"
+  # shellcheck disable=SC2046 # the generator's user and system seconds: two arguments
+  python3 - "$count" "$t0" "$t1" "$k0" "$k1" "$l0" "$l1" $(cat "$DATA/$name-generate.time") <<'EOF'
+import sys
+count, t0, t1, k0, k1, l0, l1, gu, gs = map(float, sys.argv[1:])
+w = t1 - t0
+ls = f"leadscore {(l1 - l0) / w:.0%} of a core, " if l1 else ""
+print(f"generator: {count:,.0f} events in {w:.1f} s ({count / w:,.0f}/s); CPU meanwhile: {ls}"
+      f"broker {(k1 - k0) / w:.0%}, generator {(gu + gs) / w:.0%}")
+EOF
+}
+
+print_latency() { # print_latency PROBE_JSON
+  python3 - "$1" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+if "transitions" in r:
+    print(f"probe: {r['transitions']} transitions received, {r['no_trigger']} without a trigger (decay), "
+          f"{r['unmatched']} not matched to an input record, {r['late_excluded_from_at']} late (excluded from 'at')")
+for key, label in [("baseline_ms", "bare consumer: input record timestamp -> record received"),
+                   ("input_to_receive_ms", "leadscore: input record timestamp -> transition received"),
+                   ("input_to_send_ms", "  of which: input timestamp -> leadscore sends (output timestamp)"),
+                   ("send_to_receive_ms", "  of which: leadscore sends -> probe receives"),
+                   ("at_to_receive_ms", "  ('at' method: event time -> transition received)")]:
+    s = r.get(key)
+    if s and s["count"]:
+        print(f"{label}: n={s['count']} p50 {s['p50']:.1f} ms, p99 {s['p99']:.1f} ms, p99.9 {s['p999']:.1f} ms, "
+              f"max {s['max']:.1f} ms, mean {s['mean']:.2f} ms, over 10 ms {s['over_10ms'] / s['count']:.1%}")
+EOF
+}
+
+latency_bare() { # latency_bare RATE: the same traffic, a bare consumer and no leadscore (the floor)
+  local rate=$1 count=$(($1 * DURATION_S)) name="bare$1"
+  local in="$PREFIX-$name-in"
+  echo "== latency floor at $rate events/s for $DURATION_S s: generator and a bare consumer only"
+  create_topic "$in" 6 --config "message.timestamp.type=$INPUT_TS"
+  start_probe "$name" --input-topic "$in" --baseline-only
+  generate_live "$name" "$in" "$rate" "$count"
+  sleep 1
+  finish_probe
+  print_latency "$DATA/$name-probe.json"
+}
+
+latency_leadscore() { # latency_leadscore RATE
   local rate=$1 count=$(($1 * DURATION_S)) name="lat$1" port
   local in="$PREFIX-$name-in" out="$PREFIX-$name-out" dlq="$PREFIX-$name-dlq"
   echo "== latency at $rate events/s for $DURATION_S s ($count events, $LAT_LEADS leads, input timestamps $INPUT_TS)"
@@ -260,27 +351,10 @@ latency_at() { # latency_at RATE
   port=$(free_port)
   start_leadscore "$name" "$in" "$out" "$dlq" "$port"
   wait_ready "$port" 60
-  "$PROBE" --brokers "$BROKERS" --output-topic "$out" --input-topic "$in" --max-s $((DURATION_S + 240)) \
-    --csv "$DATA/$name-probe.csv" ${BASELINE:+--baseline} >"$DATA/$name-probe.json" 2>"$DATA/$name-probe.log" &
-  local probe=$!
-  PIDS+=("$probe")
-  local deadline=$((SECONDS + 30))
-  until grep -q "ready" "$DATA/$name-probe.log"; do
-    ((SECONDS < deadline)) || { log "probe not ready within 30 s"; cat "$DATA/$name-probe.log" >&2; exit 1; }
-    sleep 0.1
-  done
-  log "generating $count events at $rate/s"
-  echo "load average before: $(loadavg)"
-  local lcpu0 kcpu0 t0 t1 lcpu1 kcpu1
-  lcpu0=$(cpu_s "$LS_PID"); kcpu0=$(cpu_s "$KAFKA_PID"); t0=$(now)
-  /usr/bin/time -f "%U %S" -o "$DATA/$name-generate.time" timeout $((DURATION_S + 120)) "$BIN" generate \
-    --brokers "$BROKERS" --topic "$in" --rate "$rate" --count "$count" --leads "$LAT_LEADS" --seed 1 \
-    2>"$DATA/$name-generate.log"
-  t1=$(now); lcpu1=$(cpu_s "$LS_PID"); kcpu1=$(cpu_s "$KAFKA_PID")
-  echo "load average after: $(loadavg)"
+  start_probe "$name" --output-topic "$out" --input-topic "$in" --csv "$DATA/$name-probe.csv"
+  generate_live "$name" "$in" "$rate" "$count" "$LS_PID"
   # Wait until leadscore has counted every record, then give the last transitions a second.
-  local seen=0
-  deadline=$((SECONDS + 120))
+  local seen=0 deadline=$((SECONDS + 120))
   while ((seen < count)); do
     ((SECONDS < deadline)) || { log "leadscore did not process $count records within 120 s (last: $seen)"; exit 1; }
     curl -s -m 2 -o "$DATA/$name-metrics.txt" "http://127.0.0.1:$port/metrics" && seen=$(records_seen "$DATA/$name-metrics.txt")
@@ -288,48 +362,28 @@ latency_at() { # latency_at RATE
   done
   sleep 1
   curl -s -m 5 -o "$DATA/$name-metrics.txt" "http://127.0.0.1:$port/metrics"
-  kill -TERM "$probe"
-  deadline=$((SECONDS + 200))
-  while kill -0 "$probe" 2>/dev/null; do
-    ((SECONDS < deadline)) || { log "probe did not finish its join within 200 s"; exit 1; }
-    sleep 0.2
-  done
-  wait "$probe" || { log "probe failed:"; cat "$DATA/$name-probe.log" >&2; exit 1; }
+  finish_probe
   stop_pid "$LS_PID" 60
-  # shellcheck disable=SC2046 # the generator's user and system seconds: two arguments
-  python3 - "$count" "$t0" "$t1" "$lcpu0" "$lcpu1" "$kcpu0" "$kcpu1" $(cat "$DATA/$name-generate.time") <<'EOF'
-import sys
-count, t0, t1, l0, l1, k0, k1, gu, gs = map(float, sys.argv[1:])
-w = t1 - t0
-print(f"generator: {count:,.0f} events in {w:.1f} s ({count / w:,.0f}/s); CPU while generating: "
-      f"leadscore {(l1 - l0) / w:.0%} of a core, broker {(k1 - k0) / w:.0%}, generator {(gu + gs) / w:.0%}")
-EOF
-  python3 - "$(cat "$DATA/$name-probe.json")" <<'EOF'
-import json, sys
-r = json.loads(sys.argv[1])
-print(f"probe: {r['transitions']} transitions received, {r['no_trigger']} without a trigger (decay), "
-      f"{r['unmatched']} not matched to an input record, {r['late_excluded_from_at']} late (excluded from 'at')")
-for key, label in [("baseline_ms", "baseline: input record timestamp -> a bare consumer receives the record"),
-                   ("input_to_receive_ms", "input record timestamp -> probe receives transition"),
-                   ("input_to_send_ms", "  of which: input timestamp -> leadscore sends (output timestamp)"),
-                   ("send_to_receive_ms", "  of which: leadscore sends -> probe receives"),
-                   ("at_to_receive_ms", "event time ('at') -> probe receives transition")]:
-    s = r[key]
-    if s["count"]:
-        print(f"{label}: n={s['count']} p50 {s['p50']:.1f} ms, p99 {s['p99']:.1f} ms, p99.9 {s['p999']:.1f} ms, "
-              f"max {s['max']:.1f} ms, mean {s['mean']:.2f} ms, over 10 ms {s['over_10ms']}")
-EOF
+  print_latency "$DATA/$name-probe.json"
   histogram_summary "$DATA/$name-metrics.txt"
+}
+
+latency() {
+  local r
+  for r in $RATES; do
+    if [[ -n "$BASELINE" ]]; then latency_bare "$r"; fi
+    latency_leadscore "$r"
+  done
 }
 
 machine
 echo "run id $RUN_ID; raw data in $DATA; measured binary: $RUN_BIN"
 case "$MODE" in
   catchup) catchup ;;
-  latency) for r in $RATES; do latency_at "$r"; done ;;
+  latency) latency ;;
   all)
     catchup
-    for r in $RATES; do latency_at "$r"; done
+    latency
     ;;
 esac
 echo "load average at the end: $(loadavg)"
