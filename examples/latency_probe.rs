@@ -41,8 +41,7 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -83,24 +82,6 @@ struct Seen {
     out_ts_ms: Option<i64>,
     at_ms: Option<i64>,
     event_id: Option<String>,
-}
-
-fn stop_flag() -> Arc<AtomicBool> {
-    let flag = Arc::new(AtomicBool::new(false));
-    let set = Arc::clone(&flag);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    std::thread::spawn(move || {
-        rt.block_on(async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            set.store(true, Ordering::Relaxed);
-        });
-    });
-    flag
 }
 
 fn consumer(brokers: &str, group: &str, fetch_wait_ms: &str, isolation: &str) -> BaseConsumer {
@@ -167,7 +148,7 @@ fn main() {
     let max = Duration::from_secs(arg(&args, "--max-s").map_or(300, |s| s.parse().expect("--max-s: a number")));
     let fetch_wait = arg(&args, "--fetch-wait-ms").unwrap_or_else(|| "10".to_owned());
     let csv = arg(&args, "--csv");
-    let stop = stop_flag();
+    let stop = leadscore::cli::signal_flag().expect("signal handler");
     let started = Instant::now();
 
     // 0. Baseline only: a bare consumer of the input topic, nothing else.

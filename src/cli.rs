@@ -357,8 +357,8 @@ fn init_logging_default(default: &str) {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(io::stderr).try_init();
 }
 
-/// A flag set by SIGTERM or SIGINT (Ctrl-C).
-fn signal_flag() -> Result<Arc<std::sync::atomic::AtomicBool>> {
+/// A flag set by SIGTERM or SIGINT (Ctrl-C), for loops that stop gracefully.
+pub fn signal_flag() -> Result<Arc<std::sync::atomic::AtomicBool>> {
     let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let set = Arc::clone(&flag);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
