@@ -15,6 +15,16 @@ fn write_f64(out: &mut Vec<u8>, v: f64) {
     serde_json::to_writer(&mut *out, &v).expect("writing to a Vec cannot fail");
 }
 
+/// Writes the items separated by commas.
+fn write_list<T>(out: &mut Vec<u8>, items: impl Iterator<Item = T>, mut write: impl FnMut(&mut Vec<u8>, T)) {
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write(out, item);
+    }
+}
+
 /// Appends the JSON of `t` (no trailing newline) to `out`.
 ///
 /// `id` is `<lead_id>:<model>:<n>`, stable across restarts and replays.
@@ -63,21 +73,13 @@ pub fn write_json(out: &mut Vec<u8>, model: &Model, t: &Transition) {
     out.extend_from_slice(b",\"engagement\":");
     write_f64(out, b.engagement);
     out.extend_from_slice(b",\"groups\":{");
-    for (i, (group, v)) in model.groups.iter().zip(&b.groups).enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
+    write_list(out, model.groups.iter().zip(&b.groups), |out, (group, v)| {
         write_str(out, &group.name);
         out.push(b':');
         write_f64(out, *v);
-    }
+    });
     out.extend_from_slice(b"},\"fit_rules\":[");
-    for (i, &f) in b.fit_rules.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        write_str(out, &model.fits[f].id);
-    }
+    write_list(out, b.fit_rules.iter(), |out, &f| write_str(out, &model.fits[f].id));
     out.extend_from_slice(b"]}}");
 }
 

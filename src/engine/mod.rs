@@ -601,6 +601,14 @@ impl Engine {
         self.attrs[slot as usize] = Some(attrs);
     }
 
+    /// The threshold a transition of this kind crosses.
+    fn threshold(&self, kind: TransitionKind) -> f64 {
+        match kind {
+            TransitionKind::Qualified => self.model.qualify_at,
+            TransitionKind::Disqualified => self.model.disqualify_below,
+        }
+    }
+
     /// Records a transition in the lead's state and builds its record.
     fn transition(
         &mut self,
@@ -616,10 +624,7 @@ impl Engine {
         core.last_at = at;
         core.transitions += 1;
         let n = core.transitions;
-        let threshold = match kind {
-            TransitionKind::Qualified => self.model.qualify_at,
-            TransitionKind::Disqualified => self.model.disqualify_below,
-        };
+        let threshold = self.threshold(kind);
         Transition { kind, lead_id: self.store.id(slot).to_owned(), n, at_ms: at, score, threshold, trigger, breakdown }
     }
 
@@ -717,11 +722,8 @@ impl Engine {
         if crossing <= due && crossing <= self.forget_due(slot) {
             let core = self.store.cores[slot as usize];
             let kind = if core.qualified { TransitionKind::Disqualified } else { TransitionKind::Qualified };
-            let threshold = match kind {
-                TransitionKind::Qualified => self.model.qualify_at,
-                TransitionKind::Disqualified => self.model.disqualify_below,
-            };
-            out(self.transition(slot, kind, crossing, threshold, None));
+            // A decay-driven transition reports the threshold itself as its score.
+            out(self.transition(slot, kind, crossing, self.threshold(kind), None));
         }
         self.schedule(slot);
     }

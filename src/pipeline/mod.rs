@@ -25,7 +25,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, ProcessingGuarantee};
-use crate::engine::{Transition, TransitionKind};
+use crate::engine::Transition;
 use crate::event::{decode, DecodeOptions, RejectReason, Rejection};
 use crate::http::Health;
 use crate::metrics::Metrics;
@@ -338,11 +338,7 @@ impl Worker {
     fn publish(&mut self, t: &Transition, since_ms: i64) {
         self.json.clear();
         write_json(&mut self.json, self.shared.model(), t);
-        let kind = match t.kind {
-            TransitionKind::Qualified => "qualified",
-            TransitionKind::Disqualified => "disqualified",
-        };
-        self.metrics.transitions.with_label_values(&[self.shared.model().name.as_str(), kind]).inc();
+        self.metrics.transitions.with_label_values(&[self.shared.model().name.as_str(), t.kind.label()]).inc();
         self.shared.record_transition(t);
         let record = BaseRecord::with_opaque_to(&self.cfg.kafka.output_topic, Box::new(since_ms))
             .key(t.lead_id.as_bytes())

@@ -40,6 +40,16 @@ pub struct Shared {
 
 const LATEST: usize = StatusReport::LATEST_TRANSITIONS;
 
+/// The state of one partition, found without allocating a key: this runs once per record, and an
+/// instance owns a handful of partitions, so a scan beats building a `(String, i32)`.
+fn partition_mut<'a>(
+    parts: &'a mut BTreeMap<(String, i32), Partition>,
+    topic: &str,
+    partition: i32,
+) -> Option<&'a mut Partition> {
+    parts.iter_mut().find(|((t, p), _)| *p == partition && t == topic).map(|(_, part)| part)
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves plain data behind, never a broken invariant that
     // later readers could trip on (engines are only mutated through whole method calls).
@@ -85,7 +95,7 @@ impl Shared {
 
     /// Is this input partition assigned here?
     pub fn owns(&self, topic: &str, partition: i32) -> bool {
-        lock(&self.partitions).contains_key(&(topic.to_owned(), partition))
+        partition_mut(&mut lock(&self.partitions), topic, partition).is_some()
     }
 
     pub(crate) fn set_lag(&self, lag: i64) {
@@ -109,7 +119,7 @@ impl Shared {
         out: &mut impl FnMut(Transition),
     ) -> Option<Applied> {
         let mut parts = lock(&self.partitions);
-        let part = parts.get_mut(&(topic.to_owned(), partition))?;
+        let part = partition_mut(&mut parts, topic, partition)?;
         part.engine.advance(now, out);
         let applied = part.engine.apply(ev, out);
         part.next_offset = Some(offset + 1);
@@ -122,7 +132,7 @@ impl Shared {
 
     /// Marks a record as processed without applying it (a rejected record).
     pub(crate) fn processed(&self, topic: &str, partition: i32, offset: i64) {
-        if let Some(part) = lock(&self.partitions).get_mut(&(topic.to_owned(), partition)) {
+        if let Some(part) = partition_mut(&mut lock(&self.partitions), topic, partition) {
             part.next_offset = Some(offset + 1);
         }
     }
