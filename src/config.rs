@@ -27,8 +27,10 @@ use crate::time::parse_duration_ms;
 pub const ENV_PREFIX: &str = "LEADSCORE_";
 
 /// `LEADSCORE_*` variables that are not config keys and are therefore allowed: `LEADSCORE_LOG`
-/// (log filter) and `LEADSCORE_CONFIG` (the config file path, for the command line).
-pub const RESERVED_ENV_VARS: &[&str] = &["LEADSCORE_LOG", "LEADSCORE_CONFIG"];
+/// (log filter), `LEADSCORE_CONFIG` (the config file path, for the command line) and
+/// `LEADSCORE_TEST_ABORT_EVERY` (a test hook: abort every Nth transaction; never set it in
+/// production).
+pub const RESERVED_ENV_VARS: &[&str] = &["LEADSCORE_LOG", "LEADSCORE_CONFIG", "LEADSCORE_TEST_ABORT_EVERY"];
 
 /// Prefix of the environment variables that set librdkafka properties.
 pub const LIBRDKAFKA_ENV_PREFIX: &str = "LEADSCORE_LIBRDKAFKA_";

@@ -41,6 +41,9 @@ pub fn consumer_config(cfg: &KafkaConfig) -> ClientConfig {
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "2000")
         .set("enable.partition.eof", "false")
+        // Range gives a member the same partition numbers of every equally partitioned input
+        // topic: one task (engine and changelog partition) per partition number.
+        .set("partition.assignment.strategy", "range")
         // Consumer lag per partition for leadscore_consumer_lag_records.
         .set("statistics.interval.ms", "5000");
     passthrough(c, cfg)
@@ -54,6 +57,49 @@ pub fn producer_config(cfg: &KafkaConfig) -> ClientConfig {
         .set("linger.ms", "1")
         .set("message.timeout.ms", "30000")
         .set("compression.type", "lz4");
+    passthrough(c, cfg)
+}
+
+/// The exactly-once producer: transactional, with a stable `transactional.id` so a restarted
+/// instance fences its previous incarnation and aborts its open transaction at once. The
+/// transaction timeout is short (Kafka Streams uses 10 s under exactly-once; librdkafka's
+/// default is 60 s): a killed instance's open transaction holds back every `read_committed`
+/// reader until it times out. Deliveries must time out before the transaction does.
+pub fn transactional_producer_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = base(cfg, "leadscore-producer");
+    c.set("transactional.id", cfg.transactional_id())
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        .set("transaction.timeout.ms", "10000")
+        .set("message.timeout.ms", "9000")
+        .set("compression.type", "lz4");
+    passthrough(c, cfg)
+}
+
+/// The consumer that restores tasks from the state changelog: no group (it assigns partitions
+/// itself and commits nothing), committed data only, and an end-of-partition event at the last
+/// stable offset, which is where a restore is complete.
+pub fn restore_consumer_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = base(cfg, "leadscore-restore");
+    c.set("group.id", format!("{}-restore", cfg.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .set("fetch.wait.max.ms", "10")
+        .set("queued.max.messages.kbytes", "262144")
+        .set("fetch.max.bytes", "104857600")
+        .set("max.partition.fetch.bytes", "10485760");
+    passthrough(c, cfg)
+}
+
+/// The admin client that checks the input topics and creates the state topic. Its metadata
+/// requests must never auto-create a missing input topic with the broker's defaults.
+pub fn admin_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = base(cfg, "leadscore-admin");
+    c.set("allow.auto.create.topics", "false");
     passthrough(c, cfg)
 }
 

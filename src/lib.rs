@@ -15,6 +15,7 @@
 //! - [`model`]: the scoring model: TOML schema, validation with locations, compiled rules.
 //! - [`engine`]: the pure scoring engine: lead state, decay, rules, crossings, transitions.
 //! - [`transition`]: the output wire format.
+//! - [`changelog`]: the state changelog's record format (one lead's whole state), versioned.
 //! - [`metrics`]: every Prometheus metric, named once; score gauges computed at scrape time.
 //! - [`replay`]: offline backtest over JSON lines.
 //! - [`generate`]: reproducible synthetic lead activity.
@@ -26,6 +27,7 @@
 //! - [`demo`]: `demo`: the whole pipeline on an in-process mock broker.
 //! - [`cli`]: the command line.
 
+pub mod changelog;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -140,6 +140,12 @@ pub struct Metrics {
     pub consumer_lag: prometheus::IntGaugeVec,
     /// `leadscore_commit_seconds`: duration of a commit (flush and offset commit, or transaction).
     pub commit_seconds: HistogramVec,
+    /// `leadscore_state_restore_seconds`: duration of a restore of tasks from the state topic.
+    pub restore_seconds: Histogram,
+    /// `leadscore_state_restore_errors_total{reason}`: changelog records skipped on restore.
+    pub restore_errors: IntCounterVec,
+    /// `leadscore_changelog_records_total`: lead states and tombstones written to the state topic.
+    pub changelog_records: IntCounter,
     /// Event types with their own `type` label value; the rest count as `other`.
     known_types: Arc<[String]>,
 }
@@ -173,6 +179,22 @@ impl Metrics {
             "Time from the input record's timestamp to the transition's delivery.",
             vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
         );
+        let restore_seconds = histogram(
+            "leadscore_state_restore_seconds",
+            "Duration of a restore of assigned tasks from the state topic.",
+            vec![0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0],
+        );
+        let restore_errors = counter_vec(
+            "leadscore_state_restore_errors_total",
+            "State records skipped on restore, by reason.",
+            &["reason"],
+        );
+        let changelog_records = IntCounter::new(
+            "leadscore_changelog_records_total",
+            "Lead states and tombstones written to the state topic.",
+        )
+        .expect("valid metric definition");
+        registry.register(Box::new(changelog_records.clone())).expect("metric names are unique");
         let commit_seconds = HistogramVec::new(
             HistogramOpts::new("leadscore_commit_seconds", "Duration of a commit (flush + offsets, or a transaction).")
                 .buckets(prometheus::exponential_buckets(0.0005, 2.0, 14).expect("valid buckets")),
@@ -220,6 +242,9 @@ impl Metrics {
             assigned_partitions,
             consumer_lag,
             commit_seconds,
+            restore_seconds,
+            restore_errors,
+            changelog_records,
             known_types: known.into(),
         }
     }

@@ -10,6 +10,7 @@
 //! multiplied by `decay(Δ) = 2^(-Δ/h)` when `τ` moves forward; `E` is the sum of the group totals
 //! (in file order) and then the ungrouped total; `score = fit + fixed + E·decay(t-τ)`.
 
+mod snapshot;
 mod store;
 
 use std::cmp::Reverse;
@@ -211,6 +212,22 @@ pub struct Engine {
     dedup_hasher: foldhash::quality::FixedState,
     dedup_prune_at: usize,
     batch: Vec<u32>,
+    /// What changed since the changelog was last written (`None`: this engine keeps no
+    /// changelog, as in `replay`).
+    journal: Option<Box<Journal>>,
+}
+
+/// Changes not yet written to the state changelog.
+#[derive(Default)]
+struct Journal {
+    /// Slots whose state changed (a slot may appear twice; its `dirty` flag decides).
+    dirty: Vec<u32>,
+    /// Leads `forget_after` removed: tombstones.
+    removed: Vec<Box<str>>,
+    /// Each lead's remembered event ids (hash, clock), so a lead's record can carry them: the
+    /// dedup map is keyed for lookups and cannot list one lead's ids.
+    ids: HashMap<u32, Vec<(u64, i64)>, Hasher>,
+    buf: Vec<u8>,
 }
 
 /// Columns of a lead's row: the ungrouped total, the group totals, `fixed`, `fit`, then one
@@ -304,8 +321,17 @@ impl Engine {
             dedup_hasher: foldhash::quality::FixedState::with_seed(0x6465_6475_7000_0001),
             dedup_prune_at: 1024,
             batch: Vec::new(),
+            journal: None,
             model,
         }
+    }
+
+    /// A new engine that also keeps what its state changelog needs: which leads changed since
+    /// [`Engine::drain_changelog`], and each lead's remembered event ids.
+    pub fn with_changelog(model: Arc<Model>) -> Engine {
+        let mut e = Engine::new(model);
+        e.journal = Some(Box::default());
+        e
     }
 
     /// The model this engine scores with.
@@ -457,6 +483,9 @@ impl Engine {
             // Forgotten (not yet swept) and back: it starts afresh.
             self.store.reset(slot, t);
             self.timer_of.remove(&slot);
+            if let Some(j) = &mut self.journal {
+                j.ids.remove(&slot);
+            }
             new = true;
         }
         if !new {
@@ -558,6 +587,13 @@ impl Engine {
         if let Some(key) = dedup_key {
             let tau = self.store.cores[slot as usize].tau;
             self.dedup.insert(key, tau);
+            if let Some(j) = &mut self.journal {
+                let ids = j.ids.entry(slot).or_default();
+                // Ids the window no longer covers go; the same id again takes the newer clock.
+                let oldest = tau.saturating_sub(self.model.dedup_window_ms);
+                ids.retain(|&(h, c)| h != key.id_hash && c >= oldest);
+                ids.push((key.id_hash, tau));
+            }
             if self.dedup.len() >= self.dedup_prune_at {
                 self.prune_dedup();
             }
@@ -582,7 +618,19 @@ impl Engine {
             out(self.transition(slot, kind, a, score, Some(trigger)));
         }
         self.schedule(slot);
+        self.mark_dirty(slot);
         Applied::Accepted
+    }
+
+    #[inline]
+    fn mark_dirty(&mut self, slot: u32) {
+        if let Some(j) = &mut self.journal {
+            let core = &mut self.store.cores[slot as usize];
+            if !core.dirty {
+                core.dirty = true;
+                j.dirty.push(slot);
+            }
+        }
     }
 
     fn merge_profile(&mut self, slot: u32, props: &crate::event::Properties<'_>) {
@@ -624,6 +672,7 @@ impl Engine {
         core.last_at = at;
         core.transitions += 1;
         let n = core.transitions;
+        self.mark_dirty(slot);
         let threshold = self.threshold(kind);
         Transition { kind, lead_id: self.store.id(slot).to_owned(), n, at_ms: at, score, threshold, trigger, breakdown }
     }
@@ -738,6 +787,10 @@ impl Engine {
                 *a = None;
             }
             self.timer_of.remove(&slot);
+            if let Some(j) = &mut self.journal {
+                j.ids.remove(&slot);
+                j.removed.push(self.store.id(slot).into());
+            }
             // Its dedup entries and heap entries die with the generation.
             self.store.remove(slot);
         }

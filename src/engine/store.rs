@@ -34,6 +34,8 @@ pub(crate) struct LeadCore {
     id_len: u16,
     pub qualified: bool,
     pub live: bool,
+    /// Changed since its state was last written to the changelog (engines with a journal).
+    pub dirty: bool,
 }
 
 /// Deterministic hashing: the same input always builds the same tables (reproducible replays
@@ -111,6 +113,7 @@ impl Store {
             id_len: u16::try_from(id.len()).expect("lead ids are at most 256 bytes"),
             qualified: false,
             live: true,
+            dirty: false,
         };
         let slot = match self.free.pop() {
             Some(slot) => {

@@ -1,5 +1,11 @@
-//! What the pipeline thread and the HTTP side share: one engine per assigned input partition,
-//! the offsets processed and committed, and the latest transitions for the status page.
+//! What the pipeline thread and the HTTP side share: one engine per task, the offsets processed
+//! and committed per input partition, and the latest transitions for the status page.
+//!
+//! A *task* is a partition number, as in Kafka Streams: partition `p` of every input topic and
+//! partition `p` of the state changelog. Producers key records by lead id with one partitioner,
+//! so a lead's events sit in the same partition number of every input topic, and the range
+//! assignor hands the same partition numbers of equally partitioned topics to one member; one
+//! engine per task therefore sees all of a lead's events, and its changelog partition is `p`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -16,20 +22,28 @@ use crate::time::format_rfc3339_ms;
 
 use super::{offset_list, wall_ms};
 
-/// State of one assigned input partition.
-struct Partition {
-    engine: Engine,
+/// Position in one assigned input partition.
+struct Input {
     /// Offset after the last record processed (what a commit would store).
     next_offset: Option<i64>,
     /// What was last committed.
     committed: Option<i64>,
 }
 
+/// Engines by task (partition number), positions by input partition.
+#[derive(Default)]
+struct Tasks {
+    engines: BTreeMap<i32, Engine>,
+    inputs: BTreeMap<(String, i32), Input>,
+}
+
 /// State shared between the pipeline thread and the HTTP handlers.
 pub struct Shared {
     model: Arc<Model>,
     health: Arc<Health>,
-    partitions: Mutex<BTreeMap<(String, i32), Partition>>,
+    partitions: Mutex<Tasks>,
+    /// Engines keep a changelog journal (exactly-once).
+    changelog: std::sync::atomic::AtomicBool,
     latest: Mutex<VecDeque<RecentTransition>>,
     events: AtomicU64,
     rejected: AtomicU64,
@@ -40,14 +54,10 @@ pub struct Shared {
 
 const LATEST: usize = StatusReport::LATEST_TRANSITIONS;
 
-/// The state of one partition, found without allocating a key: this runs once per record, and an
-/// instance owns a handful of partitions, so a scan beats building a `(String, i32)`.
-fn partition_mut<'a>(
-    parts: &'a mut BTreeMap<(String, i32), Partition>,
-    topic: &str,
-    partition: i32,
-) -> Option<&'a mut Partition> {
-    parts.iter_mut().find(|((t, p), _)| *p == partition && t == topic).map(|(_, part)| part)
+/// The position of one input partition, found without allocating a key: this runs once per
+/// record, and an instance owns a handful of partitions, so a scan beats building a `(String, i32)`.
+fn input_mut<'a>(inputs: &'a mut BTreeMap<(String, i32), Input>, topic: &str, partition: i32) -> Option<&'a mut Input> {
+    inputs.iter_mut().find(|((t, p), _)| *p == partition && t == topic).map(|(_, i)| i)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -61,7 +71,8 @@ impl Shared {
         Arc::new(Shared {
             model,
             health,
-            partitions: Mutex::new(BTreeMap::new()),
+            partitions: Mutex::new(Tasks::default()),
+            changelog: std::sync::atomic::AtomicBool::new(false),
             latest: Mutex::new(VecDeque::with_capacity(LATEST)),
             events: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
@@ -74,37 +85,110 @@ impl Shared {
         &self.model
     }
 
-    /// Starts an empty engine for each newly assigned partition. Returns how many were added.
-    pub(crate) fn add_partitions(&self, tpl: &TopicPartitionList) -> usize {
-        let mut parts = lock(&self.partitions);
-        let mut added = 0;
+    /// Engines from now on keep a changelog journal (exactly-once).
+    pub(crate) fn keep_changelog(&self) {
+        self.changelog.store(true, Ordering::Relaxed);
+    }
+
+    /// An empty engine for a task.
+    pub(crate) fn new_engine(&self) -> Engine {
+        if self.changelog.load(Ordering::Relaxed) {
+            Engine::with_changelog(Arc::clone(&self.model))
+        } else {
+            Engine::new(Arc::clone(&self.model))
+        }
+    }
+
+    /// Takes on newly assigned input partitions, with an empty engine for each new task.
+    /// Returns the task numbers that were new.
+    pub(crate) fn add_partitions(&self, tpl: &TopicPartitionList) -> Vec<i32> {
+        let mut tasks = lock(&self.partitions);
+        let mut added = Vec::new();
         for e in tpl.elements() {
-            parts.entry((e.topic().to_owned(), e.partition())).or_insert_with(|| {
-                added += 1;
-                Partition { engine: Engine::new(Arc::clone(&self.model)), next_offset: None, committed: None }
-            });
+            tasks
+                .inputs
+                .entry((e.topic().to_owned(), e.partition()))
+                .or_insert(Input { next_offset: None, committed: None });
+            if let std::collections::btree_map::Entry::Vacant(v) = tasks.engines.entry(e.partition()) {
+                v.insert(self.new_engine());
+                added.push(e.partition());
+            }
         }
         added
     }
 
-    /// Drops the state of revoked partitions. Returns how many were dropped.
+    /// Puts a restored engine in place of a task's engine (if the task is still assigned).
+    pub(crate) fn set_engine(&self, task: i32, engine: Engine) {
+        if let Some(e) = lock(&self.partitions).engines.get_mut(&task) {
+            *e = engine;
+        }
+    }
+
+    /// Assigned tasks.
+    pub(crate) fn tasks(&self) -> Vec<i32> {
+        lock(&self.partitions).engines.keys().copied().collect()
+    }
+
+    /// Assigned input partitions.
+    pub(crate) fn inputs(&self) -> TopicPartitionList {
+        let tasks = lock(&self.partitions);
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in tasks.inputs.keys() {
+            tpl.add_partition(topic, *partition);
+        }
+        tpl
+    }
+
+    /// Drops the positions of revoked partitions, and the engines of tasks with no input
+    /// partition left. Returns how many input partitions were dropped.
     pub(crate) fn drop_partitions(&self, tpl: &TopicPartitionList) -> usize {
-        let mut parts = lock(&self.partitions);
-        tpl.elements().iter().filter(|e| parts.remove(&(e.topic().to_owned(), e.partition())).is_some()).count()
+        let mut tasks = lock(&self.partitions);
+        let dropped = tpl
+            .elements()
+            .iter()
+            .filter(|e| tasks.inputs.remove(&(e.topic().to_owned(), e.partition())).is_some())
+            .count();
+        let Tasks { engines, inputs } = &mut *tasks;
+        engines.retain(|task, _| inputs.keys().any(|(_, p)| p == task));
+        dropped
+    }
+
+    /// After an aborted transaction: every input continues from `positions` (the committed
+    /// offsets), nothing processed since.
+    pub(crate) fn rewound(&self, positions: &[(String, i32, Option<i64>)]) {
+        let mut tasks = lock(&self.partitions);
+        for (topic, partition, committed) in positions {
+            if let Some(i) = input_mut(&mut tasks.inputs, topic, *partition) {
+                i.next_offset = *committed;
+                i.committed = *committed;
+            }
+        }
     }
 
     /// Is this input partition assigned here?
     pub fn owns(&self, topic: &str, partition: i32) -> bool {
-        partition_mut(&mut lock(&self.partitions), topic, partition).is_some()
+        input_mut(&mut lock(&self.partitions).inputs, topic, partition).is_some()
+    }
+
+    /// Hands every task's changelog changes to `out` (task, lead id, record or tombstone).
+    pub(crate) fn drain_changelog(&self, mut out: impl FnMut(i32, &str, Option<&[u8]>)) {
+        for (&task, engine) in lock(&self.partitions).engines.iter_mut() {
+            engine.drain_changelog(|id, v| out(task, id, v));
+        }
+    }
+
+    /// Leads changed since the last drain, over all tasks.
+    pub(crate) fn changed_leads(&self) -> usize {
+        lock(&self.partitions).engines.values().map(Engine::changed_leads).sum()
     }
 
     pub(crate) fn set_lag(&self, lag: i64) {
         self.lag.store(lag, Ordering::Relaxed);
     }
 
-    /// Partitions owned now.
+    /// Input partitions owned now.
     pub fn assigned(&self) -> usize {
-        lock(&self.partitions).len()
+        lock(&self.partitions).inputs.len()
     }
 
     /// Applies an event to its partition's engine, first moving that engine's clock to `now`.
@@ -118,11 +202,13 @@ impl Shared {
         now: i64,
         out: &mut impl FnMut(Transition),
     ) -> Option<Applied> {
-        let mut parts = lock(&self.partitions);
-        let part = partition_mut(&mut parts, topic, partition)?;
-        part.engine.advance(now, out);
-        let applied = part.engine.apply(ev, out);
-        part.next_offset = Some(offset + 1);
+        let mut tasks = lock(&self.partitions);
+        let Tasks { engines, inputs } = &mut *tasks;
+        let input = input_mut(inputs, topic, partition)?;
+        input.next_offset = Some(offset + 1);
+        let engine = engines.get_mut(&partition)?;
+        engine.advance(now, out);
+        let applied = engine.apply(ev, out);
         match applied {
             Applied::Accepted => self.events.fetch_add(1, Ordering::Relaxed),
             Applied::Duplicate => self.rejected.fetch_add(1, Ordering::Relaxed),
@@ -132,8 +218,8 @@ impl Shared {
 
     /// Marks a record as processed without applying it (a rejected record).
     pub(crate) fn processed(&self, topic: &str, partition: i32, offset: i64) {
-        if let Some(part) = partition_mut(&mut lock(&self.partitions), topic, partition) {
-            part.next_offset = Some(offset + 1);
+        if let Some(input) = input_mut(&mut lock(&self.partitions).inputs, topic, partition) {
+            input.next_offset = Some(offset + 1);
         }
     }
 
@@ -143,15 +229,15 @@ impl Shared {
 
     /// Fires the crossings due by `now` in every partition.
     pub(crate) fn advance_all(&self, now: i64, out: &mut impl FnMut(Transition)) {
-        for part in lock(&self.partitions).values_mut() {
-            part.engine.advance(now, out);
+        for engine in lock(&self.partitions).engines.values_mut() {
+            engine.advance(now, out);
         }
     }
 
     /// Offsets processed but not committed yet, for all partitions or only those in `only`.
     pub(crate) fn offsets_to_commit(&self, only: Option<&TopicPartitionList>) -> TopicPartitionList {
-        let parts = lock(&self.partitions);
-        offset_list(parts.iter().filter_map(|((topic, partition), p)| {
+        let tasks = lock(&self.partitions);
+        offset_list(tasks.inputs.iter().filter_map(|((topic, partition), p)| {
             let next = p.next_offset?;
             if p.committed == Some(next) {
                 return None;
@@ -165,10 +251,10 @@ impl Shared {
 
     /// Records a successful commit.
     pub(crate) fn committed(&self, tpl: &TopicPartitionList) {
-        let mut parts = lock(&self.partitions);
+        let mut tasks = lock(&self.partitions);
         for e in tpl.elements() {
             if let (Some(p), rdkafka::Offset::Offset(o)) =
-                (parts.get_mut(&(e.topic().to_owned(), e.partition())), e.offset())
+                (tasks.inputs.get_mut(&(e.topic().to_owned(), e.partition())), e.offset())
             {
                 p.committed = Some(o);
             }
@@ -192,11 +278,11 @@ impl Shared {
 
     /// Totals over every partition at `now`, with the cumulative distribution over `bounds`.
     pub fn snapshot_at(&self, now: i64, bounds: &[f64]) -> ScoreSnapshot {
-        let parts = lock(&self.partitions);
+        let tasks = lock(&self.partitions);
         let mut cumulative = vec![0u64; bounds.len()];
         let mut totals = Totals::default();
-        for p in parts.values() {
-            let t = p.engine.totals_with(now, |s| count_into(bounds, &mut cumulative, s));
+        for engine in tasks.engines.values() {
+            let t = engine.totals_with(now, |s| count_into(bounds, &mut cumulative, s));
             totals.leads += t.leads;
             totals.qualified += t.qualified;
             totals.score_sum += t.score_sum;
@@ -206,8 +292,8 @@ impl Shared {
 
     /// A lead's current view as JSON, from whichever partition holds it.
     pub fn lead_json(&self, lead_id: &str, now: i64) -> Option<serde_json::Value> {
-        let parts = lock(&self.partitions);
-        let view = parts.values().find_map(|p| p.engine.lead(lead_id, now))?;
+        let tasks = lock(&self.partitions);
+        let view = tasks.engines.values().find_map(|e| e.lead(lead_id, now))?;
         Some(crate::http::lead_json(&self.model, &view, now))
     }
 }

@@ -1,0 +1,237 @@
+//! A lead's whole state in and out of the engine, for the state changelog: what changed goes
+//! out as [`LeadRecord`]s (and tombstones), and a restore puts records back.
+//!
+//! A restored lead behaves exactly as the lead that was written: same totals to the bit, same
+//! limits, attributes, remembered event ids and transition count; its next decay-driven crossing
+//! is recomputed from that state (it is a function of it), so scheduled crossings survive too.
+
+use std::sync::Arc;
+
+use super::{Attr, DedupKey, Engine, COL_GROUPS, COL_UNGROUPED, NO_WINDOW};
+use crate::changelog::{decode_record, encode_record, AttrValue, ChangelogError, LeadRecord};
+
+impl Attr {
+    fn to_record(&self) -> AttrValue {
+        match self {
+            Attr::Str(s) => AttrValue::Str(s.to_string()),
+            Attr::Num(n) => AttrValue::Num(*n),
+            Attr::Bool(b) => AttrValue::Bool(*b),
+            Attr::Composite => AttrValue::Composite,
+        }
+    }
+
+    fn from_record(v: &AttrValue) -> Attr {
+        match v {
+            AttrValue::Str(s) => Attr::Str(s.as_str().into()),
+            AttrValue::Num(n) => Attr::Num(*n),
+            AttrValue::Bool(b) => Attr::Bool(*b),
+            AttrValue::Composite => Attr::Composite,
+        }
+    }
+}
+
+impl Engine {
+    /// The 64-bit hash under which an event id is remembered (and stored in the changelog).
+    pub fn event_id_hash(&self, event_id: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.dedup_hasher.hash_one(event_id.as_bytes())
+    }
+
+    /// Leads changed (or removed) since the last [`Engine::drain_changelog`].
+    pub fn changed_leads(&self) -> usize {
+        self.journal.as_ref().map_or(0, |j| j.dirty.len() + j.removed.len())
+    }
+
+    /// Hands every change since the last call to `out`: `(lead id, Some(record bytes))` for a
+    /// lead whose state changed, `(lead id, None)` for a lead `forget_after` removed. Removals
+    /// come first, so a lead removed and back within one drain ends with its new state. Nothing
+    /// on an engine built without [`Engine::with_changelog`].
+    pub fn drain_changelog(&mut self, mut out: impl FnMut(&str, Option<&[u8]>)) {
+        let Some(journal) = self.journal.as_mut() else { return };
+        let removed = std::mem::take(&mut journal.removed);
+        let dirty = std::mem::take(&mut journal.dirty);
+        let mut buf = std::mem::take(&mut journal.buf);
+        for id in &removed {
+            out(id, None);
+        }
+        for &slot in &dirty {
+            let core = &mut self.store.cores[slot as usize];
+            if !core.live || !core.dirty {
+                continue;
+            }
+            core.dirty = false;
+            if self.expired(slot) {
+                out(self.store.id(slot), None);
+                continue;
+            }
+            buf.clear();
+            encode_record(&self.export_slot(slot), &mut buf);
+            out(self.store.id(slot), Some(&buf));
+        }
+        let journal = self.journal.as_mut().expect("journal");
+        // Keep the allocations for the next drain.
+        journal.removed = removed;
+        journal.removed.clear();
+        journal.dirty = dirty;
+        journal.dirty.clear();
+        journal.buf = buf;
+    }
+
+    /// A lead's whole state, as its changelog record holds it; `None` for a lead not in state.
+    pub fn export_lead(&self, lead_id: &str) -> Option<LeadRecord> {
+        self.find(lead_id).map(|slot| self.export_slot(slot))
+    }
+
+    fn export_slot(&self, slot: u32) -> LeadRecord {
+        let core = &self.store.cores[slot as usize];
+        let (mask, _) = self.store.row(slot);
+        let has = |col: usize| mask & (1 << col) != 0;
+        let model = &self.model;
+        let groups = (0..self.n_groups)
+            .filter(|&g| has(COL_GROUPS + g))
+            .map(|g| (model.groups[g].name.clone(), self.f(slot, COL_GROUPS + g)))
+            .collect();
+        let limits = (0..model.rules.len())
+            .filter(|&r| self.limit_col[r] != usize::MAX && has(self.limit_col[r]))
+            .map(|r| {
+                let packed = self.store.get(slot, self.limit_col[r], NO_WINDOW);
+                (model.rules[r].id.clone(), packed >> 16, (packed & 0xffff) as u16)
+            })
+            .collect();
+        let attributes = match self.attrs.get(slot as usize) {
+            Some(Some(attrs)) => Some(
+                self.attr_names
+                    .iter()
+                    .zip(attrs.iter())
+                    .map(|(name, v)| (name.clone(), v.as_ref().map(Attr::to_record)))
+                    .collect(),
+            ),
+            _ => None,
+        };
+        let oldest = core.tau.saturating_sub(model.dedup_window_ms);
+        let mut event_ids: Vec<(u64, i64)> = self
+            .journal
+            .as_ref()
+            .and_then(|j| j.ids.get(&slot))
+            .map(|ids| ids.iter().copied().filter(|&(_, c)| c >= oldest).collect())
+            .unwrap_or_default();
+        event_ids.sort_unstable();
+        LeadRecord {
+            tau_ms: core.tau,
+            last_transition_at_ms: (core.last_at != i64::MIN).then_some(core.last_at),
+            transitions: core.transitions,
+            qualified: core.qualified,
+            ungrouped: has(COL_UNGROUPED).then(|| self.f(slot, COL_UNGROUPED)),
+            fixed: has(self.col_fixed).then(|| self.f(slot, self.col_fixed)),
+            groups,
+            limits,
+            attributes,
+            event_ids,
+        }
+    }
+
+    /// Applies one changelog record during a restore: `Some(value)` sets the lead's whole state
+    /// (replacing any it had), `None` (a tombstone) removes the lead. Records are applied in log
+    /// order, so the last one for a lead wins, as compaction would have it.
+    pub fn restore(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), ChangelogError> {
+        let lead_id = std::str::from_utf8(key).map_err(|_| ChangelogError::BadKey)?;
+        if lead_id.is_empty() || lead_id.len() > 256 {
+            return Err(ChangelogError::BadKey);
+        }
+        match value {
+            Some(v) => {
+                let record = decode_record(v)?;
+                self.import_lead(lead_id, &record);
+            }
+            None => self.forget_lead(lead_id),
+        }
+        Ok(())
+    }
+
+    /// Removes a lead from state (a tombstone read during a restore).
+    fn forget_lead(&mut self, lead_id: &str) {
+        if let Some(slot) = self.store.find(lead_id) {
+            if let Some(a) = self.attrs.get_mut(slot as usize) {
+                *a = None;
+            }
+            self.timer_of.remove(&slot);
+            if let Some(j) = &mut self.journal {
+                j.ids.remove(&slot);
+            }
+            self.store.remove(slot);
+        }
+    }
+
+    /// Sets a lead's whole state from a record. Columns the current model does not have (a
+    /// group or limited rule since removed) are dropped; fit points are recomputed from the
+    /// attributes under the current model. Not journaled: the record is already in the log.
+    pub fn import_lead(&mut self, lead_id: &str, r: &LeadRecord) {
+        let (slot, new) = self.store.find_or_insert(lead_id, r.tau_ms);
+        if !new {
+            self.store.reset(slot, r.tau_ms);
+            self.timer_of.remove(&slot);
+        }
+        let model = Arc::clone(&self.model);
+        {
+            let core = &mut self.store.cores[slot as usize];
+            core.last_at = r.last_transition_at_ms.unwrap_or(i64::MIN);
+            core.transitions = r.transitions;
+            core.qualified = r.qualified;
+            core.dirty = false;
+        }
+        if let Some(v) = r.ungrouped {
+            self.store.set(slot, COL_UNGROUPED, v.to_bits());
+        }
+        for (name, total) in &r.groups {
+            if let Some(g) = model.groups.iter().position(|g| g.name == *name) {
+                self.store.set(slot, COL_GROUPS + g, total.to_bits());
+            }
+        }
+        if let Some(v) = r.fixed {
+            self.store.set(slot, self.col_fixed, v.to_bits());
+        }
+        for (id, window, count) in &r.limits {
+            if let Some(ri) = model.rules.iter().position(|rule| rule.id == *id) {
+                let col = self.limit_col[ri];
+                if col != usize::MAX {
+                    self.store.set(slot, col, window << 16 | u64::from(*count));
+                }
+            }
+        }
+        if !model.fits.is_empty() {
+            if self.attrs.len() <= slot as usize {
+                self.attrs.resize_with(slot as usize + 1, || None);
+            }
+            let attrs: Option<Box<[Option<Attr>]>> = r.attributes.as_ref().map(|stored| {
+                self.attr_names
+                    .iter()
+                    .map(|name| {
+                        stored.iter().find(|(n, _)| n == name).and_then(|(_, v)| v.as_ref().map(Attr::from_record))
+                    })
+                    .collect()
+            });
+            let fit = self.fit_sum(attrs.as_deref());
+            if fit != 0.0 {
+                self.store.set(slot, self.col_fit, fit.to_bits());
+            }
+            self.attrs[slot as usize] = attrs;
+        }
+        let gen = self.store.cores[slot as usize].gen;
+        let oldest = r.tau_ms.saturating_sub(model.dedup_window_ms);
+        let ids: Vec<(u64, i64)> = r.event_ids.iter().copied().filter(|&(_, c)| c >= oldest).collect();
+        for &(id_hash, clock) in &ids {
+            self.dedup.insert(DedupKey { slot, gen, id_hash }, clock);
+        }
+        if self.dedup.len() >= self.dedup_prune_at {
+            self.prune_dedup();
+        }
+        if let Some(j) = &mut self.journal {
+            if ids.is_empty() {
+                j.ids.remove(&slot);
+            } else {
+                j.ids.insert(slot, ids);
+            }
+        }
+        self.schedule(slot);
+    }
+}

@@ -1,0 +1,200 @@
+//! The state changelog on the Kafka side: the compacted state topic is created when missing,
+//! co-partitioned with the input, and tasks are restored from it before they process anything.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::{info, warn};
+
+use super::{PipelineError, Shared};
+use crate::config::KafkaConfig;
+use crate::engine::Engine;
+use crate::metrics::Metrics;
+
+/// The restore consumer's context: end-of-partition is how a restore knows it is complete, not
+/// an error worth a log line (librdkafka reports it as a "global error" too).
+struct RestoreContext;
+
+impl rdkafka::ClientContext for RestoreContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let eof = matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
+        );
+        if !eof {
+            warn!(error = %error, reason, "state topic client error");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for RestoreContext {}
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a restore may take before the instance gives up (and exits non-zero for its
+/// supervisor). Generous: a restore waits for the last stable offset, which a killed instance's
+/// open transaction holds back for up to `transaction.timeout.ms`.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(600);
+
+fn partition_count(client: &AdminClient<DefaultClientContext>, topic: &str) -> Result<Option<usize>, PipelineError> {
+    let md = client
+        .inner()
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .map_err(|e| PipelineError::Topics(format!("cannot read the metadata of topic {topic}: {e}")))?;
+    Ok(md.topics().iter().find(|t| t.name() == topic).filter(|t| t.error().is_none()).map(|t| t.partitions().len()))
+}
+
+/// Waits until every input topic exists (a service may start before its topics are created;
+/// it is not ready meanwhile), then [`ensure_state_topic`]. `false` if shutdown came first.
+pub(crate) fn wait_for_topics(cfg: &KafkaConfig, shutdown: &AtomicBool) -> Result<bool, PipelineError> {
+    let admin: AdminClient<DefaultClientContext> =
+        crate::kafka::admin_config(cfg).create().map_err(PipelineError::Client)?;
+    let mut logged = false;
+    loop {
+        let mut missing = Vec::new();
+        for topic in &cfg.input_topics {
+            if partition_count(&admin, topic)?.is_none_or(|n| n == 0) {
+                missing.push(topic.as_str());
+            }
+        }
+        if missing.is_empty() {
+            ensure_state_topic(&admin, cfg)?;
+            return Ok(true);
+        }
+        if !logged {
+            warn!(topics = ?missing, "waiting for the input topics to exist");
+            logged = true;
+        }
+        if shutdown.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Checks that the input topics have one partition count, and that the state topic has that
+/// many partitions, creating it (compacted) when it is missing. Returns the count.
+fn ensure_state_topic(admin: &AdminClient<DefaultClientContext>, cfg: &KafkaConfig) -> Result<usize, PipelineError> {
+    let mut counts = BTreeMap::new();
+    for topic in &cfg.input_topics {
+        match partition_count(admin, topic)? {
+            Some(n) if n > 0 => {
+                counts.insert(topic.as_str(), n);
+            }
+            _ => return Err(PipelineError::Topics(format!("input topic {topic} does not exist"))),
+        }
+    }
+    let n = *counts.values().next().expect("at least one input topic");
+    if counts.values().any(|&c| c != n) {
+        return Err(PipelineError::Topics(format!(
+            "input topics must have the same partition count (one task per partition number): {counts:?}"
+        )));
+    }
+    match partition_count(admin, &cfg.state_topic)? {
+        Some(m) if m == n => return Ok(n),
+        Some(m) if m > 0 => {
+            return Err(PipelineError::Topics(format!(
+                "state topic {} has {m} partitions, the input {n}: they must match (lead state lives in \
+                 the partition number of its input)",
+                cfg.state_topic
+            )))
+        }
+        _ => {}
+    }
+    let topic = NewTopic::new(&cfg.state_topic, n as i32, TopicReplication::Fixed(-1))
+        .set("cleanup.policy", "compact")
+        // Compaction keeps the newest record per lead; a restore reads little more than that.
+        .set("min.cleanable.dirty.ratio", "0.1")
+        .set("segment.ms", "600000");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+    let results = runtime
+        .block_on(admin.create_topics([&topic], &AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT))))
+        .map_err(|e| PipelineError::Topics(format!("cannot create the state topic: {e}")))?;
+    for r in results {
+        match r {
+            Ok(_) => info!(topic = %cfg.state_topic, partitions = n, "state topic created"),
+            // Another instance created it meanwhile: fine, checked below.
+            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => return Err(PipelineError::Topics(format!("cannot create the state topic: {code}"))),
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match partition_count(admin, &cfg.state_topic)? {
+            Some(m) if m == n => return Ok(n),
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            other => {
+                return Err(PipelineError::Topics(format!(
+                    "state topic {} has {other:?} partitions after creation, expected {n}",
+                    cfg.state_topic
+                )))
+            }
+        }
+    }
+}
+
+/// Builds the engines of `tasks` from the state topic, reading each changelog partition from
+/// its start to its last stable offset (committed data only). A record that cannot be read is
+/// counted and skipped: one damaged record must not keep a partition from ever being processed.
+pub(crate) fn restore_tasks(
+    cfg: &KafkaConfig,
+    shared: &Shared,
+    metrics: &Metrics,
+    tasks: &[i32],
+) -> Result<Vec<(i32, Engine)>, PipelineError> {
+    if tasks.is_empty() {
+        return Ok(Vec::new());
+    }
+    let started = Instant::now();
+    let consumer: BaseConsumer<RestoreContext> = crate::kafka::restore_consumer_config(cfg)
+        .create_with_context(RestoreContext)
+        .map_err(PipelineError::Client)?;
+    let mut tpl = TopicPartitionList::new();
+    for &t in tasks {
+        tpl.add_partition_offset(&cfg.state_topic, t, Offset::Beginning).expect("valid offset");
+    }
+    consumer.assign(&tpl).map_err(|e| PipelineError::Restore(format!("cannot assign the state topic: {e}")))?;
+    let mut engines: BTreeMap<i32, Engine> = tasks.iter().map(|&t| (t, shared.new_engine())).collect();
+    let mut pending: BTreeSet<i32> = tasks.iter().copied().collect();
+    let (mut records, mut damaged) = (0u64, 0u64);
+    let deadline = started + RESTORE_TIMEOUT;
+    while !pending.is_empty() {
+        if Instant::now() > deadline {
+            return Err(PipelineError::Restore(format!(
+                "state partitions {pending:?} not restored within {RESTORE_TIMEOUT:?}"
+            )));
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                records += 1;
+                let Some(engine) = engines.get_mut(&m.partition()) else { continue };
+                let result = match m.key() {
+                    Some(key) => engine.restore(key, m.payload()),
+                    None => Err(crate::changelog::ChangelogError::BadKey),
+                };
+                if let Err(e) = result {
+                    damaged += 1;
+                    metrics.restore_errors.with_label_values(&[e.code()]).inc();
+                    warn!(reason = e.code(), partition = m.partition(), offset = m.offset(), "state record skipped");
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                pending.remove(&p);
+            }
+            Some(Err(e)) => warn!(error = %e, "state topic read error"),
+            None => {}
+        }
+    }
+    let leads: usize = engines.values().map(|e| e.totals(i64::MIN).leads).sum();
+    let secs = started.elapsed().as_secs_f64();
+    metrics.restore_seconds.observe(secs);
+    info!(tasks = ?tasks, records, damaged, leads, seconds = secs, "state restored");
+    Ok(engines.into_iter().collect())
+}
