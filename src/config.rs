@@ -134,6 +134,16 @@ pub struct KafkaConfig {
     /// Compacted changelog topic of per-lead state, restored before processing.
     /// Default `"leadscore-state"`.
     pub state_topic: String,
+    /// Re-key input that is not partitioned by lead id: a record in another partition than its
+    /// lead's (`murmur2(lead_id) % partitions`, Kafka's default partitioner) is forwarded
+    /// through `repartition_topic` to its lead's partition before it is scored, as Kafka Streams
+    /// does, so correctness never depends on how producers key their records. Default `true`;
+    /// `false` only when every producer keys by lead id with the murmur2 partitioner (records
+    /// elsewhere are then scored where they are, splitting a lead's state).
+    pub repartition: bool,
+    /// The internal repartition topic (created with the input's partition count).
+    /// Default: `"{group_id}-repartition"`.
+    pub repartition_topic: Option<String>,
     /// `exactly_once` (default) or `at_least_once`.
     pub processing_guarantee: ProcessingGuarantee,
     /// Milliseconds between offset commits (transaction commits under `exactly_once`).
@@ -161,6 +171,8 @@ impl Default for KafkaConfig {
             output_topic: "leads-qualified".to_owned(),
             dead_letter_topic: "lead-events-dlq".to_owned(),
             state_topic: "leadscore-state".to_owned(),
+            repartition: true,
+            repartition_topic: None,
             processing_guarantee: ProcessingGuarantee::ExactlyOnce,
             commit_interval_ms: DEFAULT_COMMIT_INTERVAL_MS,
             transactional_id: None,
@@ -170,6 +182,14 @@ impl Default for KafkaConfig {
 }
 
 impl KafkaConfig {
+    /// The repartition topic: the configured one, else `"{group_id}-repartition"`.
+    pub fn repartition_topic(&self) -> String {
+        match &self.repartition_topic {
+            Some(t) => t.clone(),
+            None => format!("{}-repartition", self.group_id),
+        }
+    }
+
     /// The producer `transactional.id`: the configured one, else `"{group_id}-{hostname}"`.
     ///
     /// The host name is stable per instance where it matters (a Kubernetes StatefulSet pod, a
@@ -201,6 +221,8 @@ impl fmt::Debug for KafkaConfig {
             .field("output_topic", &self.output_topic)
             .field("dead_letter_topic", &self.dead_letter_topic)
             .field("state_topic", &self.state_topic)
+            .field("repartition", &self.repartition)
+            .field("repartition_topic", &self.repartition_topic)
             .field("processing_guarantee", &self.processing_guarantee)
             .field("commit_interval_ms", &self.commit_interval_ms)
             .field("transactional_id", &self.transactional_id)
@@ -473,6 +495,14 @@ const ENV_SETTERS: &[(&str, Setter)] = &[
         c.kafka.state_topic = v.trim().to_owned();
         Ok(())
     }),
+    ("KAFKA_REPARTITION", |c, v| {
+        c.kafka.repartition = parse_value(v)?;
+        Ok(())
+    }),
+    ("KAFKA_REPARTITION_TOPIC", |c, v| {
+        c.kafka.repartition_topic = non_empty(v);
+        Ok(())
+    }),
     ("KAFKA_PROCESSING_GUARANTEE", |c, v| {
         c.kafka.processing_guarantee = v.parse()?;
         Ok(())
@@ -516,6 +546,8 @@ pub const ENV_VARS: &[&str] = &[
     "LEADSCORE_KAFKA_OUTPUT_TOPIC",
     "LEADSCORE_KAFKA_DEAD_LETTER_TOPIC",
     "LEADSCORE_KAFKA_STATE_TOPIC",
+    "LEADSCORE_KAFKA_REPARTITION",
+    "LEADSCORE_KAFKA_REPARTITION_TOPIC",
     "LEADSCORE_KAFKA_PROCESSING_GUARANTEE",
     "LEADSCORE_KAFKA_COMMIT_INTERVAL_MS",
     "LEADSCORE_KAFKA_TRANSACTIONAL_ID",
@@ -672,6 +704,10 @@ impl Config {
         topics.push(("kafka.output_topic", &k.output_topic));
         topics.push(("kafka.dead_letter_topic", &k.dead_letter_topic));
         topics.push(("kafka.state_topic", &k.state_topic));
+        let repartition_topic = k.repartition_topic();
+        if k.repartition {
+            topics.push(("kafka.repartition_topic", &repartition_topic));
+        }
         for (i, &(key, topic)) in topics.iter().enumerate() {
             if !valid_topic_name(topic) {
                 problems.push(Problem::InvalidTopicName { key, topic: topic.to_owned() });

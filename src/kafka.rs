@@ -108,6 +108,9 @@ pub fn bulk_producer_config(brokers: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers)
         .set("client.id", "leadscore-generate")
+        // Kafka's default partitioner (Java clients): keyed records land in their lead's partition,
+        // so leadscore scores them where they are instead of forwarding them.
+        .set("partitioner", "murmur2_random")
         .set("linger.ms", "5")
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "1000000")

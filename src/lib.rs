@@ -21,6 +21,7 @@
 //! - [`generate`]: reproducible synthetic lead activity.
 //! - [`config`]: the service config (`leadscore.toml`): defaults, env and flag overrides, validation.
 //! - [`kafka`]: the only place that sets librdkafka properties.
+//! - [`partition`]: which partition a lead belongs to (Kafka's murmur2 partitioner).
 //! - [`pipeline`]: the Kafka loop: consume, decode, score, publish, commit; rebalances.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`, `/leads/{id}`, `/api/status` and the status page.
 //! - [`service`]: `run`: the pipeline thread and the HTTP server, started and stopped together.
@@ -39,6 +40,7 @@ pub mod json;
 pub mod kafka;
 pub mod metrics;
 pub mod model;
+pub mod partition;
 pub mod pipeline;
 pub mod replay;
 pub mod service;

@@ -144,6 +144,8 @@ pub struct Metrics {
     pub restore_seconds: Histogram,
     /// `leadscore_state_restore_errors_total{reason}`: changelog records skipped on restore.
     pub restore_errors: IntCounterVec,
+    /// `leadscore_repartitioned_records_total`: records forwarded to their lead's partition.
+    pub repartitioned: IntCounter,
     /// `leadscore_changelog_records_total`: lead states and tombstones written to the state topic.
     pub changelog_records: IntCounter,
     /// Event types with their own `type` label value; the rest count as `other`.
@@ -195,6 +197,12 @@ impl Metrics {
         )
         .expect("valid metric definition");
         registry.register(Box::new(changelog_records.clone())).expect("metric names are unique");
+        let repartitioned = IntCounter::new(
+            "leadscore_repartitioned_records_total",
+            "Input records forwarded through the repartition topic to their lead's partition.",
+        )
+        .expect("valid metric definition");
+        registry.register(Box::new(repartitioned.clone())).expect("metric names are unique");
         let commit_seconds = HistogramVec::new(
             HistogramOpts::new("leadscore_commit_seconds", "Duration of a commit (flush + offsets, or a transaction).")
                 .buckets(prometheus::exponential_buckets(0.0005, 2.0, 14).expect("valid buckets")),
@@ -245,6 +253,7 @@ impl Metrics {
             restore_seconds,
             restore_errors,
             changelog_records,
+            repartitioned,
             known_types: known.into(),
         }
     }

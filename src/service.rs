@@ -33,7 +33,7 @@ pub struct Service {
 
 impl Service {
     /// Binds the HTTP listener, creates the Kafka clients and starts consuming.
-    pub fn start(cfg: Config, model: Arc<Model>) -> Result<Service> {
+    pub fn start(mut cfg: Config, model: Arc<Model>) -> Result<Service> {
         let metrics = Metrics::new(&model);
         let health = Arc::new(Health::default());
         let shared = Shared::new(Arc::clone(&model), Arc::clone(&health));
@@ -50,6 +50,15 @@ impl Service {
             .block_on(tokio::net::TcpListener::bind(listen))
             .with_context(|| format!("cannot listen on {listen}"))?;
         let http_addr = listener.local_addr()?;
+        if cfg.http.advertise.is_none() {
+            // What other instances hand out for `/leads` lookups: the port actually bound (the
+            // config may say 0), and the host name when listening on every interface.
+            cfg.http.advertise = Some(if http_addr.ip().is_unspecified() {
+                format!("http://{}:{}", crate::config::hostname(), http_addr.port())
+            } else {
+                format!("http://{http_addr}")
+            });
+        }
         let (http_stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let state = HttpState {
             metrics: metrics.clone(),

@@ -21,6 +21,7 @@
 //!   caused (transitions, dead letters and changelog records). After a crash, records since the
 //!   last commit are applied again on top of a changelog that may already hold their effect.
 
+mod owners;
 mod restore;
 mod state;
 
@@ -472,8 +473,16 @@ pub struct Pipeline {
     worker: Worker,
 }
 
+/// Where records of leads that belong to another partition go.
+struct Route {
+    partitions: usize,
+    /// The repartition topic: records read from it are always scored where they are.
+    topic: String,
+}
+
 /// Everything but the consumer (messages borrow the consumer while they are processed).
 struct Worker {
+    route: Option<Route>,
     committer: Arc<Committer>,
     shared: Arc<Shared>,
     metrics: Metrics,
@@ -525,8 +534,18 @@ impl Pipeline {
             rewind_needed: AtomicBool::new(false),
         });
         let ctx = Rebalancing { committer: Arc::clone(&committer) };
-        let consumer: BaseConsumer<Rebalancing> =
-            crate::kafka::consumer_config(&cfg.kafka).create_with_context(ctx).map_err(PipelineError::Client)?;
+        // The advertised URL rides in the client id, for `/leads/{id}` lookups by other members.
+        let advertise = cfg.http.advertise_url();
+        let client_id = format!("{}{advertise}", owners::CLIENT_ID_PREFIX);
+        let consumer: BaseConsumer<Rebalancing> = crate::kafka::consumer_config(&cfg.kafka)
+            .set("client.id", &client_id)
+            .create_with_context(ctx)
+            .map_err(PipelineError::Client)?;
+        let lookup: BaseConsumer = crate::kafka::admin_config(&cfg.kafka).create().map_err(PipelineError::Client)?;
+        shared.set_owners(
+            owners::Owners::new(lookup, cfg.kafka.group_id.clone(), cfg.kafka.input_topics[0].clone()),
+            advertise,
+        );
         let decode = DecodeOptions {
             max_event_bytes: cfg.input.max_event_bytes,
             fallback_timestamp_ms: None,
@@ -535,6 +554,7 @@ impl Pipeline {
         let max_future_skew_ms = cfg.input.max_future_skew_ms();
         debug_assert!(model.name == shared.model().name);
         let worker = Worker {
+            route: None,
             committer,
             shared,
             metrics,
@@ -554,10 +574,18 @@ impl Pipeline {
         let Pipeline { consumer, mut worker } = self;
         let w = &mut worker;
         let c = Arc::clone(&w.committer);
-        if !restore::wait_for_topics(&c.cfg.kafka, &shutdown)? {
+        let Some(partitions) = restore::wait_for_topics(&c.cfg.kafka, &shutdown)? else {
             return Ok(());
+        };
+        c.shared.set_partition_count(partitions);
+        let repartition_topic = c.cfg.kafka.repartition_topic();
+        if c.cfg.kafka.repartition {
+            w.route = Some(Route { partitions, topic: repartition_topic.clone() });
         }
-        let topics: Vec<&str> = c.cfg.kafka.input_topics.iter().map(String::as_str).collect();
+        let mut topics: Vec<&str> = c.cfg.kafka.input_topics.iter().map(String::as_str).collect();
+        if c.cfg.kafka.repartition {
+            topics.push(&repartition_topic);
+        }
         consumer.subscribe(&topics).map_err(PipelineError::Subscribe)?;
         let interval = Duration::from_millis(c.cfg.kafka.commit_interval_ms);
         let mut next_commit = Instant::now() + interval;
@@ -642,6 +670,15 @@ impl Worker {
                 self.shared.processed(topic, partition, offset);
             }
             Ok(ev) => {
+                if let Some(route) = &self.route {
+                    let owner = crate::partition::lead_partition(&ev.lead_id, route.partitions);
+                    if owner != partition && topic != route.topic {
+                        self.forward(msg, owner, &ev.lead_id);
+                        self.shared.processed(topic, partition, offset);
+                        self.metrics.processing.observe(started.elapsed().as_secs_f64());
+                        return;
+                    }
+                }
                 let mut pending = std::mem::take(&mut self.pending);
                 let applied = self.shared.apply(topic, partition, offset, &ev, now, &mut |t| pending.push(t));
                 match applied {
@@ -684,6 +721,27 @@ impl Worker {
         let record = BaseRecord::with_opaque_to(&c.cfg.kafka.output_topic, Box::new(since_ms))
             .key(t.lead_id.as_bytes())
             .payload(&self.json[..]);
+        send(&c.producer, record);
+    }
+
+    /// Forwards a record, bytes, headers and timestamp unchanged, to its lead's partition of the
+    /// repartition topic, keyed by lead id (in the transaction, under exactly-once).
+    fn forward(&mut self, msg: &BorrowedMessage<'_>, owner: i32, lead_id: &str) {
+        let c = &self.committer;
+        let Some(route) = &self.route else { return };
+        c.before_send(-1);
+        let mut record =
+            BaseRecord::with_opaque_to(&route.topic, Box::new(-1)).partition(owner).key(lead_id.as_bytes());
+        if let Some(payload) = msg.payload() {
+            record = record.payload(payload);
+        }
+        if let Some(h) = msg.headers() {
+            record = record.headers(h.detach());
+        }
+        if let Some(ts) = msg.timestamp().to_millis() {
+            record = record.timestamp(ts);
+        }
+        self.metrics.repartitioned.inc();
         send(&c.producer, record);
     }
 

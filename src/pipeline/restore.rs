@@ -52,8 +52,9 @@ fn partition_count(client: &AdminClient<DefaultClientContext>, topic: &str) -> R
 }
 
 /// Waits until every input topic exists (a service may start before its topics are created;
-/// it is not ready meanwhile), then [`ensure_state_topic`]. `false` if shutdown came first.
-pub(crate) fn wait_for_topics(cfg: &KafkaConfig, shutdown: &AtomicBool) -> Result<bool, PipelineError> {
+/// it is not ready meanwhile), then [`ensure_state_topic`] and, with `repartition`, the
+/// repartition topic. Returns the partition count, or `None` if shutdown came first.
+pub(crate) fn wait_for_topics(cfg: &KafkaConfig, shutdown: &AtomicBool) -> Result<Option<usize>, PipelineError> {
     let admin: AdminClient<DefaultClientContext> =
         crate::kafka::admin_config(cfg).create().map_err(PipelineError::Client)?;
     let mut logged = false;
@@ -65,15 +66,21 @@ pub(crate) fn wait_for_topics(cfg: &KafkaConfig, shutdown: &AtomicBool) -> Resul
             }
         }
         if missing.is_empty() {
-            ensure_state_topic(&admin, cfg)?;
-            return Ok(true);
+            let n = ensure_state_topic(&admin, cfg)?;
+            if cfg.repartition {
+                // Forwarded records wait here until their partition's owner reads them; a day
+                // covers any restart, and their offsets are committed like the input's.
+                let policy = [("cleanup.policy", "delete"), ("retention.ms", "86400000")];
+                ensure_topic(&admin, &cfg.repartition_topic(), n, &policy)?;
+            }
+            return Ok(Some(n));
         }
         if !logged {
             warn!(topics = ?missing, "waiting for the input topics to exist");
             logged = true;
         }
         if shutdown.load(Ordering::Relaxed) {
-            return Ok(false);
+            return Ok(None);
         }
         std::thread::sleep(Duration::from_millis(250));
     }
@@ -97,43 +104,54 @@ fn ensure_state_topic(admin: &AdminClient<DefaultClientContext>, cfg: &KafkaConf
             "input topics must have the same partition count (one task per partition number): {counts:?}"
         )));
     }
-    match partition_count(admin, &cfg.state_topic)? {
-        Some(m) if m == n => return Ok(n),
+    // Compaction keeps the newest record per lead; a restore reads little more than that.
+    let policy = [("cleanup.policy", "compact"), ("min.cleanable.dirty.ratio", "0.1"), ("segment.ms", "600000")];
+    ensure_topic(admin, &cfg.state_topic, n, &policy)?;
+    Ok(n)
+}
+
+/// Makes sure `name` exists with `n` partitions (co-partitioned with the input), creating it
+/// with `settings` when missing.
+fn ensure_topic(
+    admin: &AdminClient<DefaultClientContext>,
+    name: &str,
+    n: usize,
+    settings: &[(&str, &str)],
+) -> Result<(), PipelineError> {
+    match partition_count(admin, name)? {
+        Some(m) if m == n => return Ok(()),
         Some(m) if m > 0 => {
             return Err(PipelineError::Topics(format!(
-                "state topic {} has {m} partitions, the input {n}: they must match (lead state lives in \
-                 the partition number of its input)",
-                cfg.state_topic
+                "topic {name} has {m} partitions, the input {n}: they must match (a lead's state and \
+                 records live in the partition number of its input)"
             )))
         }
         _ => {}
     }
-    let topic = NewTopic::new(&cfg.state_topic, n as i32, TopicReplication::Fixed(-1))
-        .set("cleanup.policy", "compact")
-        // Compaction keeps the newest record per lead; a restore reads little more than that.
-        .set("min.cleanable.dirty.ratio", "0.1")
-        .set("segment.ms", "600000");
+    let mut topic = NewTopic::new(name, n as i32, TopicReplication::Fixed(-1));
+    for (k, v) in settings {
+        topic = topic.set(k, v);
+    }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
     let results = runtime
         .block_on(admin.create_topics([&topic], &AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT))))
         .map_err(|e| PipelineError::Topics(format!("cannot create the state topic: {e}")))?;
     for r in results {
         match r {
-            Ok(_) => info!(topic = %cfg.state_topic, partitions = n, "state topic created"),
+            Ok(_) => info!(topic = name, partitions = n, "topic created"),
             // Another instance created it meanwhile: fine, checked below.
             Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((_, code)) => return Err(PipelineError::Topics(format!("cannot create the state topic: {code}"))),
+            Err((_, code)) => return Err(PipelineError::Topics(format!("cannot create topic {name}: {code}"))),
         }
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match partition_count(admin, &cfg.state_topic)? {
-            Some(m) if m == n => return Ok(n),
+        match partition_count(admin, name)? {
+            Some(m) if m == n => return Ok(()),
             _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
             other => {
                 return Err(PipelineError::Topics(format!(
-                    "state topic {} has {other:?} partitions after creation, expected {n}",
-                    cfg.state_topic
+                    "topic {name} has {other:?} partitions after creation, expected {n}"
                 )))
             }
         }

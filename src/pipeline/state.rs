@@ -42,6 +42,10 @@ pub struct Shared {
     model: Arc<Model>,
     health: Arc<Health>,
     partitions: Mutex<Tasks>,
+    /// Who owns other partitions, and this instance's advertised URL (`run` only).
+    owners: std::sync::OnceLock<(super::owners::Owners, String)>,
+    /// Partitions of the input (0 until known): which partition a lead belongs to.
+    partition_count: std::sync::atomic::AtomicUsize,
     /// Engines keep a changelog journal (exactly-once).
     changelog: std::sync::atomic::AtomicBool,
     latest: Mutex<VecDeque<RecentTransition>>,
@@ -73,6 +77,8 @@ impl Shared {
             health,
             partitions: Mutex::new(Tasks::default()),
             changelog: std::sync::atomic::AtomicBool::new(false),
+            partition_count: std::sync::atomic::AtomicUsize::new(0),
+            owners: std::sync::OnceLock::new(),
             latest: Mutex::new(VecDeque::with_capacity(LATEST)),
             events: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
@@ -83,6 +89,37 @@ impl Shared {
 
     pub fn model(&self) -> &Model {
         &self.model
+    }
+
+    pub(crate) fn set_owners(&self, owners: super::owners::Owners, advertise: String) {
+        let _ = self.owners.set((owners, advertise));
+    }
+
+    /// Where a lead not in state here would be: `Elsewhere` when its partition
+    /// (`murmur2(lead_id) % partitions`) is assigned to another member of the group.
+    fn locate(&self, lead_id: &str) -> LeadAnswer {
+        let (Some(n), Some((owners, me))) = (self.partition_count(), self.owners.get()) else {
+            return LeadAnswer::NotFound;
+        };
+        let p = crate::partition::lead_partition(lead_id, n);
+        if lock(&self.partitions).engines.contains_key(&p) {
+            return LeadAnswer::NotFound;
+        }
+        match owners.owner_of(p) {
+            Some(url) if url != *me => {
+                LeadAnswer::Elsewhere { owner: url.clone(), url: crate::http::lead_url(&url, lead_id) }
+            }
+            _ => LeadAnswer::NotFound,
+        }
+    }
+
+    pub(crate) fn set_partition_count(&self, n: usize) {
+        self.partition_count.store(n, Ordering::Relaxed);
+    }
+
+    /// Partitions of the input, once known.
+    pub fn partition_count(&self) -> Option<usize> {
+        Some(self.partition_count.load(Ordering::Relaxed)).filter(|&n| n > 0)
     }
 
     /// Engines from now on keep a changelog journal (exactly-once).
@@ -308,7 +345,7 @@ impl StatusSource for Shared {
     fn lead(&self, lead_id: &str) -> LeadAnswer {
         match self.lead_json(lead_id, wall_ms()) {
             Some(v) => LeadAnswer::Found(v),
-            None => LeadAnswer::NotFound,
+            None => self.locate(lead_id),
         }
     }
 
