@@ -15,10 +15,9 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use leadscore::generate::{GenerateOptions, Generator};
@@ -563,63 +562,6 @@ fn readyz_follows_assignment_and_shutdown() {
 
 // ---------------------------------------------------------------------------------------------
 // 6. SIGTERM mid-stream, then restart
-
-/// The `leadscore run` binary, killed on drop unless it has exited.
-struct Bin {
-    child: Child,
-    log: tempfile::NamedTempFile,
-}
-
-impl Bin {
-    fn start(brokers: &str, group: &str, input: &str, output: &str, dlq: &str, model: &std::path::Path) -> Bin {
-        let log = tempfile::NamedTempFile::new().expect("log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_leadscore"));
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("LEADSCORE_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.args(["run", "--brokers", brokers, "--processing-guarantee", "at_least_once"])
-            .args(["--input-topics", input, "--output-topic", output, "--group-id", group])
-            .args(["--listen", "127.0.0.1:0", "--model"])
-            .arg(model)
-            .env("LEADSCORE_KAFKA_DEAD_LETTER_TOPIC", dlq)
-            .env("LEADSCORE_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log.reopen().expect("log file"));
-        Bin { child: cmd.spawn().expect("spawn leadscore run"), log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.log.path()).unwrap_or_default()
-    }
-
-    /// SIGTERM, then waits for the exit.
-    fn terminate(&mut self, timeout: Duration) -> ExitStatus {
-        let pid = self.child.id().to_string();
-        let killed = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
-        assert!(killed.success(), "kill -TERM {pid} failed");
-        let started = Instant::now();
-        let mut status = None;
-        let exited = wait_until(timeout, || {
-            status = self.child.try_wait().expect("try_wait");
-            status.is_some()
-        });
-        assert!(exited, "no exit within {timeout:?} of SIGTERM; log:\n{}", self.log());
-        eprintln!("leadscore run exited {:?} after SIGTERM", started.elapsed());
-        status.unwrap()
-    }
-}
-
-impl Drop for Bin {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 /// What a SIGTERM-and-restart run produced.
 struct Restarted {

@@ -100,7 +100,7 @@ mod tests {
             b.extend_from_slice(topic.as_bytes());
             b.extend_from_slice(&(parts.len() as i32).to_be_bytes());
             for p in parts {
-                b.extend_from_slice(&(p as i32).to_be_bytes());
+                b.extend_from_slice(&p.to_be_bytes());
             }
         }
         b.extend_from_slice(&[0xff, 0xff, 0xff, 0xff]); // null user data

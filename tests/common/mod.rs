@@ -8,6 +8,7 @@
 //!   record), and reading a whole topic back from the beginning with `read_committed`.
 //! - [`start_service`]: a [`Service`] in process on fresh topics and group, HTTP on an ephemeral
 //!   port; [`http_get`] and [`parse_metrics`] to talk to it.
+//! - [`Bin`]: the `leadscore` binary as a subprocess (logs to a file, signals, exit status).
 //!
 //! Waiting is always a condition polled inside a deadline ([`wait_until`], [`Reader::poll_until`]),
 //! never a bare sleep.
@@ -15,10 +16,11 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::ffi::OsStr;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -26,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use leadscore::config::{Config, ProcessingGuarantee};
 use leadscore::model::Model;
 use leadscore::service::Service;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -112,6 +114,16 @@ pub fn partition_count(topic: &str) -> Option<usize> {
         return None;
     }
     Some(t.partitions().len())
+}
+
+/// The value of the config entry `key` of `topic`, as the broker describes it (`None`: the
+/// topic or the entry is unknown).
+pub fn topic_config(topic: &str, key: &str) -> Option<String> {
+    let admin: AdminClient<DefaultClientContext> = client_config().create().expect("admin client");
+    let opts = AdminOptions::new().request_timeout(Some(REQUEST_TIMEOUT));
+    let results = block_on(admin.describe_configs([&ResourceSpecifier::Topic(topic)], &opts)).expect("DescribeConfigs");
+    let resource = results.into_iter().next()?.ok()?;
+    resource.get(key).and_then(|e| e.value.clone())
 }
 
 /// Creates topics with the given partition counts (replication 1) and waits until the metadata
@@ -292,7 +304,10 @@ pub fn lead_key(line: &[u8]) -> Option<String> {
 #[derive(Debug, Clone)]
 pub struct Received {
     pub key: Option<Vec<u8>>,
+    /// The value; empty when the record has none (see `tombstone`).
     pub payload: Vec<u8>,
+    /// The record has no value (on a compacted topic: a tombstone, the key's deletion).
+    pub tombstone: bool,
     pub headers: Vec<(String, Vec<u8>)>,
     pub partition: i32,
     pub offset: i64,
@@ -372,6 +387,7 @@ impl Reader {
                     self.records.push(Received {
                         key: m.key().map(<[u8]>::to_vec),
                         payload: m.payload().unwrap_or(&[]).to_vec(),
+                        tombstone: m.payload().is_none(),
                         headers,
                         partition: m.partition(),
                         offset: m.offset(),
@@ -389,15 +405,17 @@ impl Reader {
     /// record written before the call); returns whether it did within `timeout`.
     pub fn poll_to_end(&mut self, timeout: Duration) -> bool {
         let ends = end_offsets(&self.topic);
+        self.poll_to(&ends, timeout)
+    }
+
+    /// Reads until this reader's position reaches `ends` (one offset per partition); returns
+    /// whether it did within `timeout`. With [`high_watermarks`] as `ends` this holds only once
+    /// no transaction is open on the topic: an open one holds `read_committed` readers back at
+    /// its first offset (the last stable offset).
+    pub fn poll_to(&mut self, ends: &[i64], timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
-            let position = self.consumer.position().expect("position");
-            let done = ends.iter().enumerate().all(|(p, &end)| {
-                end == 0
-                    || matches!(position.find_partition(&self.topic, p as i32).map(|e| e.offset()),
-                                Some(Offset::Offset(o)) if o >= end)
-            });
-            if done {
+            if self.reached(ends) {
                 return true;
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -407,6 +425,27 @@ impl Reader {
             let n = self.records.len();
             self.poll_until(left.min(Duration::from_millis(50)), |r| r.len() > n);
         }
+    }
+
+    /// Whether this reader's position is at or past `ends` in every partition.
+    pub fn reached(&self, ends: &[i64]) -> bool {
+        let position = self.consumer.position().expect("position");
+        ends.iter().enumerate().all(|(p, &end)| {
+            end == 0
+                || matches!(position.find_partition(&self.topic, p as i32).map(|e| e.offset()),
+                            Some(Offset::Offset(o)) if o >= end)
+        })
+    }
+
+    /// This reader's position in every partition (`None`: nothing read there yet).
+    pub fn positions(&self) -> Vec<Option<i64>> {
+        let position = self.consumer.position().expect("position");
+        (0..partition_count(&self.topic).unwrap_or(0) as i32)
+            .map(|p| match position.find_partition(&self.topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => Some(o),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Keeps reading for `quiet` and returns how many records arrived meanwhile (to check that
@@ -450,10 +489,21 @@ pub fn committed_offsets(group: &str, topic: &str) -> Vec<Option<i64>> {
         .collect()
 }
 
-/// High watermarks (end offsets) of every partition of `topic`.
+/// End offsets of every partition of `topic` as a `read_committed` consumer sees them: the
+/// last stable offset, which is the high watermark unless a transaction is open there.
 pub fn end_offsets(topic: &str) -> Vec<i64> {
+    watermarks(topic, "read_committed")
+}
+
+/// High watermarks of every partition of `topic`: the offset after its last record, open
+/// transactions included.
+pub fn high_watermarks(topic: &str) -> Vec<i64> {
+    watermarks(topic, "read_uncommitted")
+}
+
+fn watermarks(topic: &str, isolation: &str) -> Vec<i64> {
     let parts = partition_count(topic).unwrap_or_else(|| panic!("topic {topic} does not exist"));
-    let consumer: BaseConsumer = client_config().create().expect("watermarks client");
+    let consumer: BaseConsumer = client_config().set("isolation.level", isolation).create().expect("watermarks client");
     (0..parts as i32).map(|p| consumer.fetch_watermarks(topic, p, REQUEST_TIMEOUT).expect("watermarks").1).collect()
 }
 
@@ -702,4 +752,122 @@ pub fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
 /// Sum of all samples named `name`.
 pub fn sum_of(samples: &[Sample], name: &str) -> f64 {
     samples.iter().filter(|s| s.name == name).map(|s| s.value).sum()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The binary as a subprocess
+
+/// A `leadscore` subprocess, SIGKILLed on drop unless it has exited. Its stderr (the logs) goes
+/// to a file: a temporary one of its own ([`Bin::start`]), or one the caller appends every
+/// incarnation of an instance to ([`Bin::spawn`]); [`Bin::log`] is this process's part of it.
+pub struct Bin {
+    child: Child,
+    log_path: PathBuf,
+    /// Where this process's output starts in the log file.
+    log_start: u64,
+    _own_log: Option<tempfile::NamedTempFile>,
+}
+
+impl Bin {
+    /// `leadscore run` at-least-once, configured by flags, logging to a temporary file.
+    pub fn start(brokers: &str, group: &str, input: &str, output: &str, dlq: &str, model: &Path) -> Bin {
+        let log = tempfile::NamedTempFile::new().expect("log file");
+        let mut args: Vec<&OsStr> = ["run", "--brokers", brokers, "--processing-guarantee", "at_least_once"]
+            .into_iter()
+            .chain(["--input-topics", input, "--output-topic", output, "--group-id", group])
+            .chain(["--listen", "127.0.0.1:0", "--model"])
+            .map(OsStr::new)
+            .collect();
+        args.push(model.as_os_str());
+        let mut bin = Bin::spawn(&args, &[("LEADSCORE_KAFKA_DEAD_LETTER_TOPIC", dlq)], log.path());
+        bin._own_log = Some(log);
+        bin
+    }
+
+    /// `leadscore ARGS` without the `LEADSCORE_*` variables of this process, with `env` added
+    /// (`LEADSCORE_LOG` is `info` unless `env` sets it); stdin and stdout are null, stderr is
+    /// appended to `log` (created if missing).
+    pub fn spawn<S: AsRef<OsStr>>(args: &[S], env: &[(&str, &str)], log: &Path) -> Bin {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
+        let log_start = file.metadata().expect("log file metadata").len();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_leadscore"));
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("LEADSCORE_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.args(args).env("LEADSCORE_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn leadscore");
+        Bin { child, log_path: log.to_owned(), log_start, _own_log: None }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What this process has logged so far.
+    pub fn log(&self) -> String {
+        let mut text = Vec::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log_path) {
+            if f.seek(SeekFrom::Start(self.log_start)).is_ok() {
+                let _ = f.read_to_end(&mut text);
+            }
+        }
+        String::from_utf8_lossy(&text).into_owned()
+    }
+
+    /// The address of the HTTP endpoints, once the process has logged `HTTP listening`.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        let log = self.log();
+        let line = log.lines().find(|l| l.contains("HTTP listening"))?;
+        let addr = line.split_whitespace().find_map(|w| w.strip_prefix("addr="))?;
+        addr.trim_matches('"').parse().ok()
+    }
+
+    /// Sends `signal` (a `kill` name: `TERM`, `STOP`, `CONT`, ...) to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().to_string();
+        let status = Command::new("kill").args([format!("-{signal}").as_str(), &pid]).status().expect("kill");
+        assert!(status.success(), "kill -{signal} {pid} failed");
+    }
+
+    /// The exit status if the process has exited (it is reaped), else `None`.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
+    /// SIGKILL (a crash: no shutdown of any kind), then waits for the exit.
+    pub fn kill(&mut self) -> ExitStatus {
+        if self.exited().is_none() {
+            let _ = self.child.kill();
+        }
+        self.child.wait().expect("wait")
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        self.signal("TERM");
+        let started = Instant::now();
+        let mut status = None;
+        let exited = wait_until(timeout, || {
+            status = self.exited();
+            status.is_some()
+        });
+        assert!(exited, "no exit within {timeout:?} of SIGTERM; log:\n{}", self.log());
+        eprintln!("leadscore run exited {:?} after SIGTERM", started.elapsed());
+        status.unwrap()
+    }
+}
+
+impl Drop for Bin {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
