@@ -95,7 +95,7 @@ mod tests {
     #[test]
     fn parses_a_consumer_protocol_assignment() {
         let mut b = vec![0, 1, 0, 0, 0, 2];
-        for (topic, parts) in [("lead-events", vec![0, 3]), ("x-repartition", vec![5])] {
+        for (topic, parts) in [("lead-events", vec![0i32, 3]), ("x-repartition", vec![5])] {
             b.extend_from_slice(&(topic.len() as i16).to_be_bytes());
             b.extend_from_slice(topic.as_bytes());
             b.extend_from_slice(&(parts.len() as i32).to_be_bytes());
