@@ -6,6 +6,9 @@
 //! - [`create_topics`], [`produce`], [`produce_lines`], [`Reader`] / [`read_all`]: topics with
 //!   chosen partition counts, producing with delivery reports (partition and offset of each
 //!   record), and reading a whole topic back from the beginning with `read_committed`.
+//! - [`committed_offsets`], [`end_offsets`] (last stable offsets), [`high_watermarks`],
+//!   [`group_members`] (the coordinator's view of a consumer group), [`topic_config`]: what the
+//!   broker says about groups and topics.
 //! - [`start_service`]: a [`Service`] in process on fresh topics and group, HTTP on an ephemeral
 //!   port; [`http_get`] and [`parse_metrics`] to talk to it.
 //! - [`Bin`]: the `leadscore` binary as a subprocess (logs to a file, signals, exit status).
@@ -487,6 +490,51 @@ pub fn committed_offsets(group: &str, topic: &str) -> Vec<Option<i64>> {
             _ => None,
         })
         .collect()
+}
+
+/// Consumer group `group` as its coordinator describes it: the state (`Stable`,
+/// `PreparingRebalance`, `CompletingRebalance`, `Empty`, ...) and, per member, the partitions of
+/// `topic` assigned to it. `None` if the group is unknown or the request fails.
+pub fn group_members(group: &str, topic: &str) -> Option<(String, Vec<Vec<i32>>)> {
+    let consumer: BaseConsumer = client_config().create().expect("group client");
+    let list = consumer.fetch_group_list(Some(group), REQUEST_TIMEOUT).ok()?;
+    let info = list.groups().iter().find(|g| g.name() == group)?;
+    let members = info.members().iter().map(|m| assigned_partitions(m.assignment().unwrap_or(&[]), topic)).collect();
+    Some((info.state().to_owned(), members))
+}
+
+/// The partitions of `topic` in a consumer protocol assignment: version (int16), then an array
+/// (int32 count) of topic (int16 length, bytes) with an array of partitions (int32 each), then
+/// user data. Malformed or empty input gives no partitions.
+fn assigned_partitions(bytes: &[u8], topic: &str) -> Vec<i32> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = (b.get(..n)?, b.get(n..)?);
+        *b = rest;
+        Some(head)
+    }
+    fn int(b: &mut &[u8], n: usize) -> Option<i64> {
+        Some(take(b, n)?.iter().fold(0i64, |acc, &x| (acc << 8) | i64::from(x)))
+    }
+    let mut b = bytes;
+    let mut out = Vec::new();
+    let parsed = (|| -> Option<()> {
+        take(&mut b, 2)?; // version
+        for _ in 0..int(&mut b, 4)? {
+            let len = int(&mut b, 2)? as usize;
+            let name = take(&mut b, len)?;
+            for _ in 0..int(&mut b, 4)? {
+                let p = int(&mut b, 4)? as i32;
+                if name == topic.as_bytes() {
+                    out.push(p);
+                }
+            }
+        }
+        Some(())
+    })();
+    if parsed.is_none() {
+        out.clear();
+    }
+    out
 }
 
 /// End offsets of every partition of `topic` as a `read_committed` consumer sees them: the
