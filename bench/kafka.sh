@@ -18,7 +18,8 @@
 #          output record's timestamp, and leadscore's own leadscore_transition_latency_seconds.
 #
 # Environment: N (3000000), CATCHUP_LEADS (1000000), POLL_S (0.5), RATES ("10000 50000"),
-#   DURATION_S (30), LAT_LEADS (10000: enough transitions for a p99.9), INPUT_TS (CreateTime, or
+#   DURATION_S (30), GUARANTEES ("at_least_once exactly_once": catch-up runs leadscore once per
+#   processing guarantee over the same preloaded topic; latency uses the first), LAT_LEADS (10000: enough transitions for a p99.9), INPUT_TS (CreateTime, or
 #   LogAppendTime: the input topic's message.timestamp.type), BASELINE (1: before each leadscore
 #   run, the same traffic with only a bare consumer (no leadscore): the floor; empty: skip it),
 #   KAFKA_PORT, KAFKA_CONTROLLER_PORT, KAFKA_HOME_DIR, KAFKA_JVM_OPTS (scripts/kafka's: e.g. a
@@ -42,6 +43,7 @@ DURATION_S=${DURATION_S:-30}
 LAT_LEADS=${LAT_LEADS:-10000}
 INPUT_TS=${INPUT_TS:-CreateTime}
 BASELINE=${BASELINE-1}
+GUARANTEES=${GUARANTEES:-at_least_once exactly_once}
 BROKERS=127.0.0.1:${KAFKA_PORT:-9092}
 KAFKA_DIR=${KAFKA_HOME_DIR:-.kafka}
 RUN_ID="$(date +%s)$$"
@@ -114,9 +116,10 @@ create_topic() { # create_topic NAME PARTITIONS [CONFIG...]
 # Sum of leadscore_events_total and leadscore_events_rejected_total in a /metrics text.
 records_seen() { awk '/^leadscore_events_(rejected_)?total\{/ { s += $NF } END { printf "%d", s }' "$1"; }
 
-start_leadscore() { # start_leadscore NAME IN OUT DLQ PORT: sets LS_PID, LS_T0
-  LEADSCORE_LOG=warn LEADSCORE_KAFKA_DEAD_LETTER_TOPIC="$4" "$RUN_BIN" run --brokers "$BROKERS" \
-    --processing-guarantee at_least_once --input-topics "$2" --output-topic "$3" \
+start_leadscore() { # start_leadscore NAME IN OUT DLQ PORT [GUARANTEE]: sets LS_PID, LS_T0
+  LEADSCORE_LOG=warn LEADSCORE_KAFKA_DEAD_LETTER_TOPIC="$4" LEADSCORE_KAFKA_STATE_TOPIC="$PREFIX-$1-state" \
+    LEADSCORE_KAFKA_TRANSACTIONAL_ID="$PREFIX-$1" "$RUN_BIN" run --brokers "$BROKERS" \
+    --processing-guarantee "${6:-at_least_once}" --input-topics "$2" --output-topic "$3" \
     --group-id "$PREFIX-$1" --listen "127.0.0.1:$5" --model examples/model.toml \
     </dev/null >"$DATA/$1-leadscore.log" 2>&1 &
   LS_PID=$!
@@ -177,19 +180,28 @@ print(f"raw consumer: {r['messages']:,} records ({r['bytes'] / 2**20:.0f} MiB) i
       f"CPU {r['cpu_s']:.1f} s, peak RSS {int(rss) / 1024:.0f} MiB; broker CPU {float(sys.argv[4]) - float(sys.argv[3]):.1f} s")
 EOF
 
-  log "leadscore run"
+  local g
+  for g in $GUARANTEES; do
+    catchup_leadscore "$g" "$in" "$out" "$dlq"
+  done
+}
+
+catchup_leadscore() { # catchup_leadscore GUARANTEE IN OUT DLQ: one `leadscore run` over the preloaded topic
+  local g=$1 in=$2 out=$3 dlq=$4 port kcpu0 kcpu1
+  echo "-- leadscore run, processing_guarantee = $g"
+  log "leadscore run ($g)"
   echo "load average before leadscore: $(loadavg)"
   port=$(free_port)
   kcpu0=$(cpu_s "$KAFKA_PID")
-  start_leadscore catchup "$in" "$out" "$dlq" "$port"
-  local polls="$DATA/catchup-polls.tsv" seen=0 t cpu=0 rss=0 deadline=$((SECONDS + 400)) scrape
+  start_leadscore "catchup-$g" "$in" "$out" "$dlq" "$port" "$g"
+  local polls="$DATA/catchup-$g-polls.tsv" seen=0 t cpu=0 rss=0 deadline=$((SECONDS + 400)) scrape
   : >"$polls"
   while ((seen < N)); do
     ((SECONDS < deadline)) || { log "leadscore did not process $N records within 400 s (last: $seen)"; exit 1; }
-    kill -0 "$LS_PID" 2>/dev/null || { log "leadscore exited; log:"; cat "$DATA/catchup-leadscore.log" >&2; exit 1; }
+    kill -0 "$LS_PID" 2>/dev/null || { log "leadscore exited; log:"; cat "$DATA/catchup-$g-leadscore.log" >&2; exit 1; }
     t=$(now)
-    if scrape=$(curl -s -m 2 -o "$DATA/catchup-metrics.txt" -w '%{time_total}' "http://127.0.0.1:$port/metrics"); then
-      seen=$(records_seen "$DATA/catchup-metrics.txt")
+    if scrape=$(curl -s -m 2 -o "$DATA/catchup-$g-metrics.txt" -w '%{time_total}' "http://127.0.0.1:$port/metrics"); then
+      seen=$(records_seen "$DATA/catchup-$g-metrics.txt")
       printf '%s\t%s\t%s\n' "$t" "$seen" "$scrape" >>"$polls"
       if ((seen >= N)); then
         cpu=$(cpu_s "$LS_PID")
@@ -202,8 +214,8 @@ EOF
   kcpu1=$(cpu_s "$KAFKA_PID")
   echo "load average after leadscore: $(loadavg)"
   stop_pid "$LS_PID" 60
-  grep -E '^leadscore_(transitions_total|dead_letters_total|commits_total|events_rejected_total\{reason="(future_timestamp|duplicate)")' \
-    "$DATA/catchup-metrics.txt" | sed 's/^/  /'
+  grep -E '^leadscore_(transitions_total|dead_letters_total|commits_total|changelog_records_total|repartitioned_records_total|events_rejected_total\{reason="(future_timestamp|duplicate)")' \
+    "$DATA/catchup-$g-metrics.txt" | sed 's/^/  /'
   python3 - "$polls" "$N" "$LS_T0" "$cpu" "$rss" "$RAW_JSON" "$kcpu0" "$kcpu1" "$POLL_S" <<'EOF'
 import json, sys
 path, n, t0, cpu, rss, raw, k0, k1, poll = sys.argv[1:]
@@ -349,7 +361,7 @@ latency_leadscore() { # latency_leadscore RATE
   create_topic "$out" 6
   create_topic "$dlq" 1
   port=$(free_port)
-  start_leadscore "$name" "$in" "$out" "$dlq" "$port"
+  start_leadscore "$name" "$in" "$out" "$dlq" "$port" "${GUARANTEES%% *}"
   wait_ready "$port" 60
   start_probe "$name" --output-topic "$out" --input-topic "$in" --csv "$DATA/$name-probe.csv"
   generate_live "$name" "$in" "$rate" "$count" "$LS_PID"

@@ -221,19 +221,62 @@ impl<'a> Cursor<'a> {
         Ok(f64::from_bits(self.u64()?))
     }
 
-    fn text(&mut self, len: usize) -> Result<String, ChangelogError> {
+    fn text(&mut self, len: usize) -> Result<&'a str, ChangelogError> {
         let bytes = self.take(len)?;
-        std::str::from_utf8(bytes).map(str::to_owned).map_err(|_| ChangelogError::InvalidUtf8)
+        std::str::from_utf8(bytes).map_err(|_| ChangelogError::InvalidUtf8)
     }
 
-    fn str(&mut self) -> Result<String, ChangelogError> {
+    fn str(&mut self) -> Result<&'a str, ChangelogError> {
         let len = self.u16()? as usize;
         self.text(len)
     }
 }
 
-/// Reads a record written by any version of [`encode_record`].
-pub fn decode_record(value: &[u8]) -> Result<LeadRecord, ChangelogError> {
+/// The fixed part of a record.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Header {
+    pub tau_ms: i64,
+    pub last_transition_at_ms: Option<i64>,
+    pub transitions: u32,
+    pub qualified: bool,
+    pub ungrouped: Option<f64>,
+    pub fixed: Option<f64>,
+    /// Whether the record carries attributes (a `profile_update` was merged).
+    pub has_attributes: bool,
+}
+
+/// An attribute value borrowed from a record.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AttrRef<'a> {
+    Str(&'a str),
+    Num(f64),
+    Bool(bool),
+    Composite,
+}
+
+impl AttrRef<'_> {
+    pub fn to_owned_value(self) -> AttrValue {
+        match self {
+            AttrRef::Str(s) => AttrValue::Str(s.to_owned()),
+            AttrRef::Num(n) => AttrValue::Num(n),
+            AttrRef::Bool(b) => AttrValue::Bool(b),
+            AttrRef::Composite => AttrValue::Composite,
+        }
+    }
+}
+
+/// One variable part of a record, borrowed from it, in record order.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Part<'a> {
+    Group(&'a str, f64),
+    Limit(&'a str, u64, u16),
+    Attribute(&'a str, Option<AttrRef<'a>>),
+    EventId(u64, i64),
+}
+
+/// Reads a record without allocating: returns its header and hands each variable part to
+/// `part`, in order. On an error, `part` may have seen a prefix of the parts.
+pub fn visit_record<'a>(value: &'a [u8], mut part: impl FnMut(Part<'a>)) -> Result<Header, ChangelogError> {
     let mut c = Cursor(value);
     let version = c.u8()?;
     if version != VERSION {
@@ -245,57 +288,66 @@ pub fn decode_record(value: &[u8]) -> Result<LeadRecord, ChangelogError> {
     let flags = c.u8()?;
     let ungrouped = if flags & HAS_UNGROUPED != 0 { Some(c.f64()?) } else { None };
     let fixed = if flags & HAS_FIXED != 0 { Some(c.f64()?) } else { None };
-    let n = c.u16()?;
-    let mut groups = Vec::with_capacity(n as usize);
-    for _ in 0..n {
-        groups.push((c.str()?, c.f64()?));
+    for _ in 0..c.u16()? {
+        part(Part::Group(c.str()?, c.f64()?));
     }
-    let n = c.u16()?;
-    let mut limits = Vec::with_capacity(n as usize);
-    for _ in 0..n {
-        limits.push((c.str()?, c.u64()?, c.u16()?));
+    for _ in 0..c.u16()? {
+        part(Part::Limit(c.str()?, c.u64()?, c.u16()?));
     }
-    let attributes = if flags & HAS_ATTRIBUTES != 0 {
-        let n = c.u16()?;
-        let mut attrs = Vec::with_capacity(n as usize);
-        for _ in 0..n {
+    let has_attributes = flags & HAS_ATTRIBUTES != 0;
+    if has_attributes {
+        for _ in 0..c.u16()? {
             let name = c.str()?;
             let value = match c.u8()? {
                 0 => None,
                 1 => {
                     let len = c.u32()? as usize;
-                    Some(AttrValue::Str(c.text(len)?))
+                    Some(AttrRef::Str(c.text(len)?))
                 }
-                2 => Some(AttrValue::Num(c.f64()?)),
-                3 => Some(AttrValue::Bool(c.u8()? != 0)),
-                4 => Some(AttrValue::Composite),
+                2 => Some(AttrRef::Num(c.f64()?)),
+                3 => Some(AttrRef::Bool(c.u8()? != 0)),
+                4 => Some(AttrRef::Composite),
                 tag => return Err(ChangelogError::BadTag(tag)),
             };
-            attrs.push((name, value));
+            part(Part::Attribute(name, value));
         }
-        Some(attrs)
-    } else {
-        None
-    };
-    let n = c.u32()?;
-    // Bounded by the bytes actually there, not by a count that could be corrupt.
-    let mut event_ids = Vec::with_capacity((n as usize).min(c.0.len() / 16));
-    for _ in 0..n {
-        event_ids.push((c.u64()?, c.i64()?));
+    }
+    for _ in 0..c.u32()? {
+        part(Part::EventId(c.u64()?, c.i64()?));
     }
     if !c.0.is_empty() {
         return Err(ChangelogError::TrailingBytes);
     }
-    Ok(LeadRecord {
+    Ok(Header {
         tau_ms,
         last_transition_at_ms: (last != i64::MIN).then_some(last),
         transitions,
         qualified: flags & QUALIFIED != 0,
         ungrouped,
         fixed,
+        has_attributes,
+    })
+}
+
+/// Reads a record written by any version of [`encode_record`].
+pub fn decode_record(value: &[u8]) -> Result<LeadRecord, ChangelogError> {
+    let (mut groups, mut limits, mut attrs, mut event_ids) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let h = visit_record(value, |p| match p {
+        Part::Group(name, total) => groups.push((name.to_owned(), total)),
+        Part::Limit(id, window, count) => limits.push((id.to_owned(), window, count)),
+        Part::Attribute(name, v) => attrs.push((name.to_owned(), v.map(AttrRef::to_owned_value))),
+        Part::EventId(hash, clock) => event_ids.push((hash, clock)),
+    })?;
+    Ok(LeadRecord {
+        tau_ms: h.tau_ms,
+        last_transition_at_ms: h.last_transition_at_ms,
+        transitions: h.transitions,
+        qualified: h.qualified,
+        ungrouped: h.ungrouped,
+        fixed: h.fixed,
         groups,
         limits,
-        attributes,
+        attributes: h.has_attributes.then_some(attrs),
         event_ids,
     })
 }

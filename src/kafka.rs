@@ -89,7 +89,7 @@ pub fn restore_consumer_config(cfg: &KafkaConfig) -> ClientConfig {
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
         .set("fetch.wait.max.ms", "10")
-        .set("queued.max.messages.kbytes", "262144")
+        .set("queued.max.messages.kbytes", "65536")
         .set("fetch.max.bytes", "104857600")
         .set("max.partition.fetch.bytes", "10485760");
     passthrough(c, cfg)

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use super::{Attr, DedupKey, Engine, COL_GROUPS, COL_UNGROUPED, NO_WINDOW};
-use crate::changelog::{decode_record, encode_record, AttrValue, ChangelogError, LeadRecord};
+use crate::changelog::{encode_record, visit_record, AttrRef, AttrValue, ChangelogError, Header, LeadRecord, Part};
 
 impl Attr {
     fn to_record(&self) -> AttrValue {
@@ -20,12 +20,12 @@ impl Attr {
         }
     }
 
-    fn from_record(v: &AttrValue) -> Attr {
+    fn from_ref(v: AttrRef<'_>) -> Attr {
         match v {
-            AttrValue::Str(s) => Attr::Str(s.as_str().into()),
-            AttrValue::Num(n) => Attr::Num(*n),
-            AttrValue::Bool(b) => Attr::Bool(*b),
-            AttrValue::Composite => Attr::Composite,
+            AttrRef::Str(s) => Attr::Str(s.into()),
+            AttrRef::Num(n) => Attr::Num(n),
+            AttrRef::Bool(b) => Attr::Bool(b),
+            AttrRef::Composite => Attr::Composite,
         }
     }
 }
@@ -132,7 +132,8 @@ impl Engine {
 
     /// Applies one changelog record during a restore: `Some(value)` sets the lead's whole state
     /// (replacing any it had), `None` (a tombstone) removes the lead. Records are applied in log
-    /// order, so the last one for a lead wins, as compaction would have it.
+    /// order, so the last one for a lead wins, as compaction would have it. A damaged record is
+    /// an error and changes nothing.
     pub fn restore(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), ChangelogError> {
         let lead_id = std::str::from_utf8(key).map_err(|_| ChangelogError::BadKey)?;
         if lead_id.is_empty() || lead_id.len() > 256 {
@@ -140,12 +141,23 @@ impl Engine {
         }
         match value {
             Some(v) => {
-                let record = decode_record(v)?;
-                self.import_lead(lead_id, &record);
+                // Validate whole first (no allocation), then apply: never half a record.
+                let header = visit_record(v, |_| {})?;
+                self.import_valid(lead_id, header, v);
             }
             None => self.forget_lead(lead_id),
         }
         Ok(())
+    }
+
+    /// Room for `additional` more leads (a restore knows roughly how many records come).
+    pub fn reserve(&mut self, additional: usize) {
+        self.store.reserve(additional);
+        // About one remembered id per lead, in the dedup map and the journal's per-lead lists.
+        self.dedup.reserve(additional);
+        if let Some(j) = &mut self.journal {
+            j.ids.reserve(additional);
+        }
     }
 
     /// Removes a lead from state (a tombstone read during a restore).
@@ -166,61 +178,79 @@ impl Engine {
     /// group or limited rule since removed) are dropped; fit points are recomputed from the
     /// attributes under the current model. Not journaled: the record is already in the log.
     pub fn import_lead(&mut self, lead_id: &str, r: &LeadRecord) {
-        let (slot, new) = self.store.find_or_insert(lead_id, r.tau_ms);
+        let mut buf = Vec::new();
+        encode_record(r, &mut buf);
+        let header = visit_record(&buf, |_| {}).expect("an encoded record decodes");
+        self.import_valid(lead_id, header, &buf);
+    }
+
+    /// [`Engine::import_lead`] from record bytes already validated, without allocating beyond
+    /// the lead's own state.
+    fn import_valid(&mut self, lead_id: &str, h: Header, value: &[u8]) {
+        let (slot, new) = self.store.find_or_insert(lead_id, h.tau_ms);
         if !new {
-            self.store.reset(slot, r.tau_ms);
+            self.store.reset(slot, h.tau_ms);
             self.timer_of.remove(&slot);
         }
         let model = Arc::clone(&self.model);
         {
             let core = &mut self.store.cores[slot as usize];
-            core.last_at = r.last_transition_at_ms.unwrap_or(i64::MIN);
-            core.transitions = r.transitions;
-            core.qualified = r.qualified;
+            core.last_at = h.last_transition_at_ms.unwrap_or(i64::MIN);
+            core.transitions = h.transitions;
+            core.qualified = h.qualified;
             core.dirty = false;
         }
-        if let Some(v) = r.ungrouped {
+        if let Some(v) = h.ungrouped {
             self.store.set(slot, COL_UNGROUPED, v.to_bits());
         }
-        for (name, total) in &r.groups {
-            if let Some(g) = model.groups.iter().position(|g| g.name == *name) {
-                self.store.set(slot, COL_GROUPS + g, total.to_bits());
-            }
-        }
-        if let Some(v) = r.fixed {
+        if let Some(v) = h.fixed {
             self.store.set(slot, self.col_fixed, v.to_bits());
         }
-        for (id, window, count) in &r.limits {
-            if let Some(ri) = model.rules.iter().position(|rule| rule.id == *id) {
-                let col = self.limit_col[ri];
-                if col != usize::MAX {
-                    self.store.set(slot, col, window << 16 | u64::from(*count));
+        let with_fits = !model.fits.is_empty();
+        let mut attrs: Option<Box<[Option<Attr>]>> =
+            (with_fits && h.has_attributes).then(|| vec![None; self.attr_names.len()].into_boxed_slice());
+        let gen = self.store.cores[slot as usize].gen;
+        let oldest = h.tau_ms.saturating_sub(model.dedup_window_ms);
+        let mut ids: Vec<(u64, i64)> = Vec::new();
+        let keep_ids = self.journal.is_some();
+        let (store, dedup, limit_col, attr_names) =
+            (&mut self.store, &mut self.dedup, &self.limit_col, &self.attr_names);
+        let _ = visit_record(value, |part| match part {
+            Part::Group(name, total) => {
+                if let Some(g) = model.groups.iter().position(|g| g.name == name) {
+                    store.set(slot, COL_GROUPS + g, total.to_bits());
                 }
             }
-        }
-        if !model.fits.is_empty() {
+            Part::Limit(id, window, count) => {
+                if let Some(ri) = model.rules.iter().position(|rule| rule.id == id) {
+                    if limit_col[ri] != usize::MAX {
+                        store.set(slot, limit_col[ri], window << 16 | u64::from(count));
+                    }
+                }
+            }
+            Part::Attribute(name, v) => {
+                if let (Some(attrs), Some(i)) = (attrs.as_mut(), attr_names.iter().position(|n| n == name)) {
+                    attrs[i] = v.map(Attr::from_ref);
+                }
+            }
+            Part::EventId(id_hash, clock) => {
+                if clock >= oldest {
+                    dedup.insert(DedupKey { slot, gen, id_hash }, clock);
+                    if keep_ids {
+                        ids.push((id_hash, clock));
+                    }
+                }
+            }
+        });
+        if with_fits {
             if self.attrs.len() <= slot as usize {
                 self.attrs.resize_with(slot as usize + 1, || None);
             }
-            let attrs: Option<Box<[Option<Attr>]>> = r.attributes.as_ref().map(|stored| {
-                self.attr_names
-                    .iter()
-                    .map(|name| {
-                        stored.iter().find(|(n, _)| n == name).and_then(|(_, v)| v.as_ref().map(Attr::from_record))
-                    })
-                    .collect()
-            });
             let fit = self.fit_sum(attrs.as_deref());
             if fit != 0.0 {
                 self.store.set(slot, self.col_fit, fit.to_bits());
             }
-            self.attrs[slot as usize] = attrs;
-        }
-        let gen = self.store.cores[slot as usize].gen;
-        let oldest = r.tau_ms.saturating_sub(model.dedup_window_ms);
-        let ids: Vec<(u64, i64)> = r.event_ids.iter().copied().filter(|&(_, c)| c >= oldest).collect();
-        for &(id_hash, clock) in &ids {
-            self.dedup.insert(DedupKey { slot, gen, id_hash }, clock);
+            self.attrs[slot as usize] = attrs.take();
         }
         if self.dedup.len() >= self.dedup_prune_at {
             self.prune_dedup();

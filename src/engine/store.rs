@@ -80,6 +80,17 @@ impl Store {
         }
     }
 
+    /// Room for `additional` more leads (ids assumed about 16 bytes).
+    pub fn reserve(&mut self, additional: usize) {
+        let (cores, arena, hasher) = (&self.cores, &self.arena, &self.hasher);
+        self.index.reserve(additional, |&s| {
+            let c = &cores[s as usize];
+            hasher.hash_one(&arena[c.id_off as usize..c.id_off as usize + c.id_len as usize])
+        });
+        self.cores.reserve(additional);
+        self.arena.reserve(additional * 16);
+    }
+
     fn id_bytes(&self, c: &LeadCore) -> &[u8] {
         &self.arena[c.id_off as usize..c.id_off as usize + c.id_len as usize]
     }

@@ -126,6 +126,11 @@ impl ProducerContext for Delivery {
                     self.metrics.transition_latency.observe(secs);
                 }
             }
+            // Purged by an abort: expected, and the abort rolls their effects back.
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight), _)) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                debug!("delivery purged by an abort");
+            }
             Err((e, _)) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
                 warn!(error = %e, "delivery failed");
@@ -348,7 +353,20 @@ impl Committer {
     /// Aborts the open transaction; the caller rolls the state back.
     fn abort(&self, txn: &mut Txn) -> Result<Committed, PipelineError> {
         if txn.open {
-            self.producer.abort_transaction(TXN_TIMEOUT).map_err(PipelineError::Transaction)?;
+            // The abort purges what is queued or in flight; their delivery reports must be
+            // served (this producer has no thread polling it) before the abort can complete, so
+            // abort in short slices and poll in between, as librdkafka asks.
+            let deadline = Instant::now() + TXN_TIMEOUT;
+            loop {
+                match self.producer.abort_transaction(Duration::from_millis(100)) {
+                    Ok(()) => break,
+                    Err(e) if Instant::now() < deadline && !matches!(classify(&e), Failure::Fatal) => {
+                        debug!(error = %e, "abort not complete yet");
+                        self.producer.poll(Duration::from_millis(10));
+                    }
+                    Err(e) => return Err(PipelineError::Transaction(e)),
+                }
+            }
         }
         txn.open = false;
         txn.since.clear();
@@ -777,6 +795,20 @@ impl Worker {
         self.metrics.dead_letters.inc();
         send(&c.producer, record);
     }
+}
+
+/// Restores `tasks` from `cfg.state_topic` into fresh engines, exactly as an assignment does
+/// (for the restore benchmark and tools). Also returns how long it took.
+pub fn restore_tasks(
+    cfg: &crate::config::KafkaConfig,
+    model: Arc<Model>,
+    tasks: &[i32],
+) -> Result<(Vec<(i32, crate::engine::Engine)>, Duration), PipelineError> {
+    let shared = Shared::new(Arc::clone(&model), Arc::new(Health::default()));
+    shared.keep_changelog();
+    let started = Instant::now();
+    let engines = restore::restore_tasks(cfg, &shared, &Metrics::new(&model), tasks)?;
+    Ok((engines, started.elapsed()))
 }
 
 /// Sends a record, waiting for room when librdkafka's queue is full (back-pressure, not loss).

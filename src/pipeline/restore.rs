@@ -159,8 +159,10 @@ fn ensure_topic(
 }
 
 /// Builds the engines of `tasks` from the state topic, reading each changelog partition from
-/// its start to its last stable offset (committed data only). A record that cannot be read is
-/// counted and skipped: one damaged record must not keep a partition from ever being processed.
+/// its start to its last stable offset (committed data only). Tasks are spread over as many
+/// threads as there are cores, each with its own consumer: restore time is downtime. A record
+/// that cannot be read is counted and skipped: one damaged record must not keep a partition
+/// from ever being processed.
 pub(crate) fn restore_tasks(
     cfg: &KafkaConfig,
     shared: &Shared,
@@ -171,18 +173,63 @@ pub(crate) fn restore_tasks(
         return Ok(Vec::new());
     }
     let started = Instant::now();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(tasks.len());
+    let mut shares: Vec<Vec<i32>> = vec![Vec::new(); threads];
+    for (i, &t) in tasks.iter().enumerate() {
+        shares[i % threads].push(t);
+    }
+    let results: Vec<Result<Restored, PipelineError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = shares
+            .iter()
+            .map(|share| {
+                let engines = share.iter().map(|&t| (t, shared.new_engine())).collect();
+                scope.spawn(move || restore_share(cfg, metrics, engines))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(PipelineError::Restore("a restore thread panicked".into()))))
+            .collect()
+    });
+    let (mut engines, mut records, mut damaged) = (Vec::new(), 0, 0);
+    for r in results {
+        let (e, n, d) = r?;
+        engines.extend(e);
+        records += n;
+        damaged += d;
+    }
+    engines.sort_by_key(|(t, _)| *t);
+    let leads: usize = engines.iter().map(|(_, e)| e.totals(i64::MIN).leads).sum();
+    let secs = started.elapsed().as_secs_f64();
+    metrics.restore_seconds.observe(secs);
+    info!(tasks = ?tasks, records, damaged, leads, threads, seconds = secs, "state restored");
+    Ok(engines)
+}
+
+/// Restored engines by task, records read, records skipped.
+type Restored = (Vec<(i32, Engine)>, u64, u64);
+
+/// Restores some tasks with one consumer.
+fn restore_share(
+    cfg: &KafkaConfig,
+    metrics: &Metrics,
+    mut engines: BTreeMap<i32, Engine>,
+) -> Result<Restored, PipelineError> {
     let consumer: BaseConsumer<RestoreContext> = crate::kafka::restore_consumer_config(cfg)
         .create_with_context(RestoreContext)
         .map_err(PipelineError::Client)?;
     let mut tpl = TopicPartitionList::new();
-    for &t in tasks {
+    for (&t, engine) in engines.iter_mut() {
         tpl.add_partition_offset(&cfg.state_topic, t, Offset::Beginning).expect("valid offset");
+        // Room for what the partition holds (an upper bound once compacted): no rehash storms.
+        if let Ok((low, high)) = consumer.fetch_watermarks(&cfg.state_topic, t, METADATA_TIMEOUT) {
+            engine.reserve(usize::try_from(high - low).unwrap_or(0));
+        }
     }
     consumer.assign(&tpl).map_err(|e| PipelineError::Restore(format!("cannot assign the state topic: {e}")))?;
-    let mut engines: BTreeMap<i32, Engine> = tasks.iter().map(|&t| (t, shared.new_engine())).collect();
-    let mut pending: BTreeSet<i32> = tasks.iter().copied().collect();
+    let mut pending: BTreeSet<i32> = engines.keys().copied().collect();
     let (mut records, mut damaged) = (0u64, 0u64);
-    let deadline = started + RESTORE_TIMEOUT;
+    let deadline = Instant::now() + RESTORE_TIMEOUT;
     while !pending.is_empty() {
         if Instant::now() > deadline {
             return Err(PipelineError::Restore(format!(
@@ -210,9 +257,5 @@ pub(crate) fn restore_tasks(
             None => {}
         }
     }
-    let leads: usize = engines.values().map(|e| e.totals(i64::MIN).leads).sum();
-    let secs = started.elapsed().as_secs_f64();
-    metrics.restore_seconds.observe(secs);
-    info!(tasks = ?tasks, records, damaged, leads, seconds = secs, "state restored");
-    Ok(engines.into_iter().collect())
+    Ok((engines.into_iter().collect(), records, damaged))
 }
