@@ -917,14 +917,11 @@ mod tests {
     }
 
     #[test]
-    fn example_file_is_complete_and_at_defaults_but_the_guarantee() {
+    fn example_file_is_complete_and_at_defaults() {
         let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/leadscore.toml"));
         let from_file = Config::load(Some(path), &HashMap::new(), &Overrides::default()).unwrap();
-        let mut defaults = Config::load(None, &brokers_env(), &Overrides::default()).unwrap();
-        // The one deliberate difference: the example runs at-least-once, the only guarantee this
-        // release implements (the default stays the spec's exactly_once).
+        let defaults = Config::load(None, &brokers_env(), &Overrides::default()).unwrap();
         assert_eq!(defaults.kafka.processing_guarantee, ProcessingGuarantee::ExactlyOnce);
-        defaults.kafka.processing_guarantee = ProcessingGuarantee::AtLeastOnce;
         assert_eq!(from_file, defaults);
         // Every key is written out (commented-out optional keys included).
         let text = std::fs::read_to_string(path).unwrap();
@@ -991,6 +988,8 @@ listen = "0.0.0.0:8080"
             ("LEADSCORE_KAFKA_OUTPUT_TOPIC", "out"),
             ("LEADSCORE_KAFKA_DEAD_LETTER_TOPIC", "dlq"),
             ("LEADSCORE_KAFKA_STATE_TOPIC", "state"),
+            ("LEADSCORE_KAFKA_REPARTITION", "false"),
+            ("LEADSCORE_KAFKA_REPARTITION_TOPIC", "rekey"),
             ("LEADSCORE_KAFKA_PROCESSING_GUARANTEE", "at_least_once"),
             ("LEADSCORE_KAFKA_COMMIT_INTERVAL_MS", "500"),
             ("LEADSCORE_KAFKA_TRANSACTIONAL_ID", "tx"),
@@ -1010,6 +1009,8 @@ listen = "0.0.0.0:8080"
         assert_eq!((k.brokers.as_str(), k.group_id.as_str(), k.output_topic.as_str()), ("b1:9092,b2:9092", "g", "out"));
         assert_eq!(k.input_topics, ["in1", "in2"]);
         assert_eq!((k.dead_letter_topic.as_str(), k.state_topic.as_str()), ("dlq", "state"));
+        assert!(!k.repartition);
+        assert_eq!(k.repartition_topic(), "rekey");
         assert_eq!(k.processing_guarantee, ProcessingGuarantee::AtLeastOnce);
         assert_eq!(k.commit_interval_ms, 500);
         assert_eq!(k.transactional_id(), "tx");

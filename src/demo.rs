@@ -50,8 +50,15 @@ pub struct DemoReport {
 pub fn run(opts: DemoOptions, model: Arc<Model>, stop: Arc<AtomicBool>) -> Result<DemoReport> {
     let cluster = MockCluster::new(1).context("cannot start the in-process Kafka mock cluster")?;
     let brokers = cluster.bootstrap_servers();
-    // The state topic too: the mock broker would auto-create it with its own partition count.
-    let topics = [("lead-events", 6), ("leads-qualified", 3), ("lead-events-dlq", 1), ("leadscore-state", 6)];
+    // The state and repartition topics too: the mock cluster does not serve CreateTopics, and
+    // would auto-create them with its own partition count.
+    let topics = [
+        ("lead-events", 6),
+        ("leads-qualified", 3),
+        ("lead-events-dlq", 1),
+        ("leadscore-state", 6),
+        ("leadscore-demo-repartition", 6),
+    ];
     for (topic, partitions) in topics {
         cluster.create_topic(topic, partitions, 1).with_context(|| format!("cannot create topic {topic}"))?;
     }

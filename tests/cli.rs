@@ -6,11 +6,11 @@ fn leadscore() -> Command {
     Command::new(env!("CARGO_BIN_EXE_leadscore"))
 }
 
-/// `run` refuses `exactly_once` (the default) instead of silently running at-least-once.
+/// An unknown guarantee is a usage error naming both accepted values.
 #[test]
-fn run_refuses_exactly_once_until_it_exists() {
+fn run_rejects_an_unknown_processing_guarantee() {
     let out = leadscore()
-        .args(["run", "--brokers", "127.0.0.1:1", "--listen", "127.0.0.1:0", "--model", "examples/model.toml"])
+        .args(["run", "--brokers", "127.0.0.1:1", "--listen", "127.0.0.1:0", "--processing-guarantee", "exactly_twice"])
         .env("LEADSCORE_LOG", "error")
         .output()
         .unwrap();

@@ -16,6 +16,8 @@
 //! - [`zombie_after_sigstop_writes_nothing`]: one of two instances is stopped (SIGSTOP) past
 //!   the session timeout, the other takes over, and then it is resumed (SIGCONT).
 //! - [`scale_out_and_in_is_exactly_once`]: 1, then 3, then 1 instance during the stream.
+//! - [`unkeyed_input_gives_the_output_of_keyed_input`]: producers key by something else than the
+//!   lead id, so most records go through the repartition topic.
 //!
 //! Each scenario ends with [`verify`]. It waits until the group's committed offsets reach the end
 //! of the input. Then every topic the service writes is read with `read_committed` up to its
@@ -120,6 +122,11 @@ struct Stream {
 
 impl Stream {
     fn start(topic: &str, opts: GenerateOptions, count: usize) -> Stream {
+        Stream::start_keyed(topic, opts, count, lead_key)
+    }
+
+    /// [`Stream::start`] with each record keyed by `key_fn(line)` instead of its lead id.
+    fn start_keyed(topic: &str, opts: GenerateOptions, count: usize, key_fn: fn(&[u8]) -> Option<String>) -> Stream {
         let stop = Arc::new(AtomicBool::new(false));
         let (topic, stop_seen) = (topic.to_owned(), Arc::clone(&stop));
         let thread = std::thread::spawn(move || {
@@ -141,7 +148,7 @@ impl Stream {
                         line
                     })
                     .collect();
-                produced.placed.extend(producer.send_lines(&topic, &chunk, lead_key));
+                produced.placed.extend(producer.send_lines(&topic, &chunk, key_fn));
                 produced.lines.extend(chunk);
             }
             produced
@@ -386,6 +393,12 @@ impl Group {
     fn get(&self, i: usize, path: &str) -> Option<(u16, String)> {
         let addr = self.instances[i].process.as_ref()?.http_addr()?;
         http_get(addr, path).ok()
+    }
+
+    /// The sum of the samples named `name` on instance `i`'s `/metrics` (0 if it does not answer).
+    fn metric(&self, i: usize, name: &str) -> f64 {
+        let Some((200, body)) = self.get(i, "/metrics") else { return 0.0 };
+        parse_metrics(&body).iter().filter(|s| s.name == name).map(|s| s.value).sum()
     }
 
     /// `/readyz` of instance `i` answers 200.
@@ -1083,4 +1096,44 @@ fn scale_out_and_in_is_exactly_once() {
     let produced = stream.finish();
     eprintln!("[scaling] {} records", produced.lines.len());
     verify(&mut g, &produced, |_, _, _| {});
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Input not keyed by lead id
+
+/// Each record keyed by `<lead id>#` instead of its lead id: the default partitioner puts most
+/// leads in another partition than their own, all of a lead's records still in one partition (so
+/// their order is defined). Records without a lead id (malformed) have no key.
+fn misleading_key(line: &[u8]) -> Option<String> {
+    lead_key(line).map(|lead| format!("{lead}#"))
+}
+
+/// Two instances on a 4-partition input whose producers key records by something other than the
+/// lead id. Every record found outside its lead's partition goes through the repartition topic,
+/// so the outputs are exactly those of keyed input (the same `verify` as every other scenario),
+/// and the instances report that they re-keyed records.
+#[test]
+fn unkeyed_input_gives_the_output_of_keyed_input() {
+    let mut g = Group::new("unkeyed", 4, 2);
+    g.start(0);
+    g.start(1);
+    g.wait("2 instances ready, sharing the 4 partitions", Duration::from_secs(90), |g| g.shared_by(&[0, 1]));
+    let produced = Stream::start_keyed(&g.input, traffic(59, 1_000, 750.0, 0.005), 6_000, misleading_key).finish();
+    let misplaced = produced
+        .lines
+        .iter()
+        .zip(&produced.placed)
+        .filter(|(line, (partition, _))| {
+            // Only valid records are forwarded; a rejected one is dead-lettered where it is.
+            decode(line, &DecodeOptions::default())
+                .is_ok_and(|ev| leadscore::partition::lead_partition(&ev.lead_id, 4) != *partition)
+        })
+        .count();
+    assert!(misplaced > produced.lines.len() / 2, "only {misplaced} records outside their lead's partition");
+    verify(&mut g, &produced, |g, _, problems| {
+        let rekeyed: f64 = (0..2).map(|i| g.metric(i, "leadscore_repartitioned_records_total")).sum();
+        if rekeyed < misplaced as f64 {
+            problems.push(format!("{rekeyed} records repartitioned, {misplaced} were outside their lead's partition"));
+        }
+    });
 }

@@ -353,6 +353,12 @@ impl Committer {
     /// Aborts the open transaction; the caller rolls the state back.
     fn abort(&self, txn: &mut Txn) -> Result<Committed, PipelineError> {
         if txn.open {
+            // Deliver what is queued first (it stays invisible: the transaction aborts). An abort
+            // that purges records whose AddPartitionsToTxn has not completed yet sends EndTxn for
+            // a transaction the coordinator holds as empty; the broker answers
+            // INVALID_TXN_STATE and librdkafka makes the producer fatal (librdkafka #4849, open).
+            // Bounded by the transaction timeout; a delivery that fails for good is purged below.
+            let _ = flush_fast(&self.producer, TXN_TIMEOUT);
             // The abort purges what is queued or in flight; their delivery reports must be
             // served (this producer has no thread polling it) before the abort can complete, so
             // abort in short slices and poll in between, as librdkafka asks.
@@ -650,10 +656,12 @@ impl Pipeline {
                 next_crossings = now + CROSSING_TICK;
             }
             if now >= next_commit {
+                // Paced from the start of the commit, so the commit's own duration does not
+                // stretch the interval (and the time output waits to become visible).
+                next_commit = now + interval;
                 if c.commit(&consumer, CommitMode::Async)? == Committed::Aborted {
                     c.rewind(&consumer)?;
                 }
-                next_commit = Instant::now() + interval;
             }
         }
         info!("shutting down: flushing and committing");
@@ -691,9 +699,10 @@ impl Worker {
                 if let Some(route) = &self.route {
                     let owner = crate::partition::lead_partition(&ev.lead_id, route.partitions);
                     if owner != partition && topic != route.topic {
+                        // Not applied here: its processing time is observed where it is applied,
+                        // when it comes back from the repartition topic.
                         self.forward(msg, owner, &ev.lead_id);
                         self.shared.processed(topic, partition, offset);
-                        self.metrics.processing.observe(started.elapsed().as_secs_f64());
                         return;
                     }
                 }

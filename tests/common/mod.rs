@@ -618,10 +618,13 @@ impl Running {
         parse_metrics(&body)
     }
 
-    /// Waits until `expected` input partitions are assigned and `/readyz` answers 200.
+    /// Waits until `expected` partitions of the input topic are assigned (the repartition
+    /// topic's are assigned beside them) and `/readyz` answers 200.
     pub fn wait_ready(&self, expected: usize, timeout: Duration) {
         let ok = wait_until(timeout, || {
-            self.svc().shared.assigned() == expected && http_get(self.addr, "/readyz").is_ok_and(|(s, _)| s == 200)
+            let shared = &self.svc().shared;
+            (0..expected as i32).all(|p| shared.owns(&self.input, p))
+                && http_get(self.addr, "/readyz").is_ok_and(|(s, _)| s == 200)
         });
         assert!(ok, "service not ready with {expected} partitions within {timeout:?}");
     }
@@ -817,7 +820,8 @@ pub struct Bin {
 }
 
 impl Bin {
-    /// `leadscore run` at-least-once, configured by flags, logging to a temporary file.
+    /// `leadscore run` at-least-once, configured by flags, logging to a temporary file. The state
+    /// topic is `<group>-state`, so runs never share one.
     pub fn start(brokers: &str, group: &str, input: &str, output: &str, dlq: &str, model: &Path) -> Bin {
         let log = tempfile::NamedTempFile::new().expect("log file");
         let mut args: Vec<&OsStr> = ["run", "--brokers", brokers, "--processing-guarantee", "at_least_once"]
@@ -827,7 +831,9 @@ impl Bin {
             .map(OsStr::new)
             .collect();
         args.push(model.as_os_str());
-        let mut bin = Bin::spawn(&args, &[("LEADSCORE_KAFKA_DEAD_LETTER_TOPIC", dlq)], log.path());
+        let state = format!("{group}-state");
+        let env = [("LEADSCORE_KAFKA_DEAD_LETTER_TOPIC", dlq), ("LEADSCORE_KAFKA_STATE_TOPIC", state.as_str())];
+        let mut bin = Bin::spawn(&args, &env, log.path());
         bin._own_log = Some(log);
         bin
     }
