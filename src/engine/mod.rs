@@ -158,15 +158,6 @@ impl Attr {
     }
 }
 
-/// Key of a remembered `event_id`: the lead's slot and generation and a 64-bit hash of the id.
-/// A false duplicate needs two ids of one lead to collide in 64 bits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct DedupKey {
-    slot: u32,
-    gen: u32,
-    id_hash: u64,
-}
-
 /// `decay(dt) = 2^(-dt/h)`, computed as C's `pow(2, -dt/h)` (what Python's `2 ** x` calls).
 /// The base goes through `black_box` so LLVM does not rewrite `pow(2, x)` into `exp2(x)`, whose
 /// last bit can differ.
@@ -179,6 +170,20 @@ fn decay(dt_ms: i64, half_life_ms: f64) -> f64 {
 /// in it (low 16 bits, saturating). `NO_WINDOW` before the first match.
 const NO_WINDOW: u64 = u64::MAX;
 
+/// The hashes an event is looked up by: its lead id's (the lead index) and its `event_id`'s
+/// (the lead's remembered ids). Computed once per event, and early when the caller prefetches
+/// a batch ([`Engine::prefetch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventHashes {
+    lead: u64,
+    event_id: Option<u64>,
+}
+
+/// The rules of one event type, in file order.
+struct TypeRules {
+    rules: Box<[u32]>,
+}
+
 /// The scoring engine for one model.
 pub struct Engine {
     model: Arc<Model>,
@@ -186,18 +191,22 @@ pub struct Engine {
     store: Store,
     /// Per slot, the fit attributes (`attr_names` order); empty when the model has no fit rules.
     attrs: Vec<Option<Box<[Option<Attr>]>>>,
-    rules_by_type: HashMap<Box<str>, Box<[u32]>, Hasher>,
+    rules_by_type: HashMap<Box<str>, TypeRules, Hasher>,
     /// Column of each rule's limit state, `usize::MAX` when it has no limit.
     limit_col: Vec<usize>,
     /// For each rule and condition, the index of its property path among the model's distinct
-    /// paths: an event's properties are looked into once per path, however many rules read it.
+    /// paths: consecutive conditions on one path look into the event's properties once.
     cond_path: Vec<Vec<usize>>,
     /// Distinct attributes read by fit rules, and each fit rule's index into them.
     attr_names: Vec<String>,
     fit_attr: Vec<usize>,
     n_groups: usize,
+    /// Columns of the decaying totals (the ungrouped one and the groups).
+    decaying: u64,
     col_fixed: usize,
     col_fit: usize,
+    /// The due time of the lead's entry in `timers`; present only while it has one.
+    col_timer: usize,
     /// The clock of the last [`Engine::advance`]: decides which leads `forget_after` has removed.
     clock: i64,
     /// When the next sweep of expired leads is due (they are invisible before it; the sweep
@@ -205,16 +214,13 @@ pub struct Engine {
     next_sweep: i64,
     /// Pending decay-driven crossings: (due, slot, generation). Stale entries are skipped.
     timers: BinaryHeap<Reverse<(i64, u32, u32)>>,
-    /// Due time of each lead's entry in `timers` (leads without a pending crossing have none):
-    /// kept out of the lead core because most leads never have one.
-    timer_of: HashMap<u32, i64, Hasher>,
-    dedup: HashMap<DedupKey, i64, Hasher>,
-    dedup_hasher: foldhash::quality::FixedState,
-    dedup_prune_at: usize,
+    event_id_hasher: foldhash::quality::FixedState,
     batch: Vec<u32>,
     /// What changed since the changelog was last written (`None`: this engine keeps no
     /// changelog, as in `replay`).
     journal: Option<Box<Journal>>,
+    /// Scratch of [`Engine::restore`]: a record's event ids.
+    import_ids: Vec<[i64; 2]>,
 }
 
 /// Changes not yet written to the state changelog.
@@ -224,24 +230,19 @@ struct Journal {
     dirty: Vec<u32>,
     /// Leads `forget_after` removed: tombstones.
     removed: Vec<Box<str>>,
-    /// Each lead's remembered event ids (hash, clock), so a lead's record can carry them: the
-    /// dedup map is keyed for lookups and cannot list one lead's ids.
-    ids: HashMap<u32, Vec<(u64, i64)>, Hasher>,
     buf: Vec<u8>,
 }
 
-/// Columns of a lead's row: the ungrouped total, the group totals, `fixed`, `fit`, then one
-/// packed state per limited rule.
+/// Columns of a lead's row: the ungrouped total, the group totals, `fixed`, `fit`, one packed
+/// state per limited rule, then the timer.
 const COL_UNGROUPED: usize = 0;
 const COL_GROUPS: usize = 1;
 
-/// Most groups plus limited rules a model may have (rows have at most 64 columns).
-pub const MAX_GROUPS_AND_LIMITS: usize = 61;
+/// Most groups plus limited rules a model may have (rows have at most 64 columns, four of
+/// which are the ungrouped total, `fixed`, `fit` and the timer).
+pub const MAX_GROUPS_AND_LIMITS: usize = 60;
 
 const ZERO: u64 = 0; // 0.0f64.to_bits()
-
-/// Distinct property paths whose values an event caches while its rules are evaluated.
-const PATH_CACHE: usize = 16;
 
 impl Engine {
     /// A new engine with no leads.
@@ -265,13 +266,14 @@ impl Engine {
                 None => usize::MAX,
             })
             .collect();
-        assert!(next <= 64, "a model has at most {MAX_GROUPS_AND_LIMITS} groups and limited rules together");
+        let col_timer = next;
+        assert!(col_timer < 64, "a model has at most {MAX_GROUPS_AND_LIMITS} groups and limited rules together");
         let mut by_type: HashMap<Box<str>, Vec<u32>, Hasher> = HashMap::with_hasher(store::hasher());
         for (i, r) in model.rules.iter().enumerate() {
             by_type.entry(r.event.as_str().into()).or_default().push(i as u32);
         }
         let mut rules_by_type = HashMap::with_hasher(store::hasher());
-        rules_by_type.extend(by_type.into_iter().map(|(k, v)| (k, v.into_boxed_slice())));
+        rules_by_type.extend(by_type.into_iter().map(|(k, v)| (k, TypeRules { rules: v.into_boxed_slice() })));
         let mut paths: Vec<&[String]> = Vec::new();
         let cond_path = model
             .rules
@@ -303,7 +305,7 @@ impl Engine {
         }
         Engine {
             half_life: model.half_life_ms as f64,
-            store: Store::new(next),
+            store: Store::new(col_timer + 1),
             attrs: Vec::new(),
             rules_by_type,
             limit_col,
@@ -311,23 +313,23 @@ impl Engine {
             attr_names,
             fit_attr,
             n_groups,
+            decaying: (1u64 << (COL_GROUPS + n_groups)) - 1,
             col_fixed,
             col_fit,
+            col_timer,
             clock: i64::MIN,
             next_sweep: i64::MIN,
             timers: BinaryHeap::new(),
-            timer_of: HashMap::with_hasher(store::hasher()),
-            dedup: HashMap::with_hasher(store::hasher()),
-            dedup_hasher: foldhash::quality::FixedState::with_seed(0x6465_6475_7000_0001),
-            dedup_prune_at: 1024,
+            event_id_hasher: foldhash::quality::FixedState::with_seed(0x6465_6475_7000_0001),
             batch: Vec::new(),
             journal: None,
+            import_ids: Vec::new(),
             model,
         }
     }
 
     /// A new engine that also keeps what its state changelog needs: which leads changed since
-    /// [`Engine::drain_changelog`], and each lead's remembered event ids.
+    /// [`Engine::drain_changelog`].
     pub fn with_changelog(model: Arc<Model>) -> Engine {
         let mut e = Engine::new(model);
         e.journal = Some(Box::default());
@@ -363,13 +365,33 @@ impl Engine {
         self.store.find(lead_id).filter(|&s| !self.expired(s))
     }
 
-    /// `E`: the group totals in file order, then the ungrouped total, at the lead's clock.
+    /// `E` from a dense row: the group totals in file order, then the ungrouped total.
+    #[inline]
+    fn engagement_of(&self, mask: u64, row: &[u64; 64]) -> f64 {
+        let ungrouped = if mask & 1 != 0 { f64::from_bits(row[COL_UNGROUPED]) } else { 0.0 };
+        let mut e = 0.0;
+        let mut groups = mask & self.decaying & !1;
+        while groups != 0 {
+            e += f64::from_bits(row[groups.trailing_zeros() as usize]);
+            groups &= groups - 1;
+        }
+        e + ungrouped
+    }
+
+    /// `fit + fixed` from a dense row: the part of the score that never decays.
+    #[inline]
+    fn steady_of(&self, mask: u64, row: &[u64; 64]) -> f64 {
+        let get = |col: usize| if mask & (1 << col) != 0 { f64::from_bits(row[col]) } else { 0.0 };
+        get(self.col_fit) + get(self.col_fixed)
+    }
+
+    /// `E` of a stored lead, at its clock.
     #[inline]
     fn engagement(&self, slot: u32) -> f64 {
         let (mask, words) = self.store.row(slot);
         let (ungrouped, mut i) = if mask & 1 != 0 { (f64::from_bits(words[0]), 1) } else { (0.0, 0) };
         let mut e = 0.0;
-        let mut groups = (mask >> COL_GROUPS) & ((1u64 << self.n_groups) - 1);
+        let mut groups = (mask & self.decaying) >> COL_GROUPS;
         while groups != 0 {
             // Present group columns are consecutive words after the ungrouped one, in order.
             e += f64::from_bits(words[i]);
@@ -379,23 +401,28 @@ impl Engine {
         e + ungrouped
     }
 
-    /// `fit + fixed`: the part of the score that never decays.
+    /// `fit + fixed` of a stored lead.
     #[inline]
     fn steady(&self, slot: u32) -> f64 {
         self.f(slot, self.col_fit) + self.f(slot, self.col_fixed)
     }
 
-    /// `score(t)`; times before the clock count as the clock.
+    /// `score(t)` from the parts at the clock `tau`; times before the clock count as the clock.
+    #[inline]
+    fn score_from(&self, steady: f64, e: f64, tau: i64, t: i64) -> f64 {
+        let dt = t.max(tau) - tau;
+        if dt == 0 {
+            steady + e
+        } else {
+            steady + e * decay(dt, self.half_life)
+        }
+    }
+
+    /// `score(t)` of a stored lead.
     #[inline]
     fn score_at(&self, slot: u32, t: i64) -> f64 {
         let tau = self.store.cores[slot as usize].tau;
-        let dt = t.max(tau) - tau;
-        let e = self.engagement(slot);
-        if dt == 0 {
-            self.steady(slot) + e
-        } else {
-            self.steady(slot) + e * decay(dt, self.half_life)
-        }
+        self.score_from(self.steady(slot), self.engagement(slot), tau, t)
     }
 
     fn breakdown(&self, slot: u32, t: i64) -> Breakdown {
@@ -434,25 +461,50 @@ impl Engine {
         sum
     }
 
-    fn dedup_key(&self, slot: u32, event_id: &str) -> DedupKey {
-        DedupKey {
-            slot,
-            gen: self.store.cores[slot as usize].gen,
-            id_hash: self.dedup_hasher.hash_one(event_id.as_bytes()),
+    /// The hashes [`Engine::apply_hashed`] looks an event up by.
+    #[inline]
+    pub fn hashes(&self, ev: &LeadEvent<'_>) -> EventHashes {
+        EventHashes {
+            lead: self.store.hash(&ev.lead_id),
+            event_id: ev.event_id.as_deref().map(|id| self.event_id_hasher.hash_one(id.as_bytes())),
+        }
+    }
+
+    /// Starts loading, for every event of a batch, what applying it will touch: the lead index
+    /// entry, then the lead's core, then its id, row and remembered ids, one level for the
+    /// whole batch at a time, so the cache misses of the batch overlap. `slots` is scratch.
+    /// Purely a hint: applying gives the same result with or without it.
+    pub fn prefetch(&self, batch: &[EventHashes], slots: &mut Vec<u32>) {
+        for h in batch {
+            self.store.prefetch_index(h.lead);
+        }
+        slots.clear();
+        slots.extend(batch.iter().map(|h| self.store.prefetch_core(h.lead).unwrap_or(u32::MAX)));
+        for (h, &slot) in batch.iter().zip(slots.iter()) {
+            if slot != u32::MAX {
+                self.store.prefetch_lead(slot, h.event_id);
+            }
         }
     }
 
     /// Would [`Engine::apply`] reject this event as a duplicate right now?
     pub fn is_duplicate(&self, ev: &LeadEvent<'_>) -> bool {
-        let Some(event_id) = ev.event_id.as_deref() else { return false };
-        let Some(slot) = self.find(&ev.lead_id) else { return false };
-        self.is_remembered(slot, event_id)
+        self.is_duplicate_hashed(ev, self.hashes(ev))
     }
 
-    fn is_remembered(&self, slot: u32, event_id: &str) -> bool {
+    fn is_duplicate_hashed(&self, ev: &LeadEvent<'_>, h: EventHashes) -> bool {
+        let Some(id_hash) = h.event_id else { return false };
+        match self.store.find_hashed(&ev.lead_id, h.lead) {
+            Some(slot) if !self.expired(slot) => self.is_remembered(slot, id_hash),
+            _ => false,
+        }
+    }
+
+    #[inline]
+    fn is_remembered(&self, slot: u32, id_hash: u64) -> bool {
         let tau = self.store.cores[slot as usize].tau;
-        match self.dedup.get(&self.dedup_key(slot, event_id)) {
-            Some(&clock) => clock >= tau.saturating_sub(self.model.dedup_window_ms),
+        match self.store.ids_get(slot, id_hash) {
+            Some(clock) => clock >= tau.saturating_sub(self.model.dedup_window_ms),
             None => false,
         }
     }
@@ -462,13 +514,24 @@ impl Engine {
     /// moves the watermark), then the event applies, then crossings it set up in the past of the
     /// watermark fire at once.
     pub fn apply_in_event_time(&mut self, ev: &LeadEvent<'_>, out: &mut impl FnMut(Transition)) -> Applied {
-        if self.is_duplicate(ev) {
+        let h = self.hashes(ev);
+        self.apply_in_event_time_hashed(ev, h, out)
+    }
+
+    /// [`Engine::apply_in_event_time`] with the event's [`Engine::hashes`] already computed.
+    pub fn apply_in_event_time_hashed(
+        &mut self,
+        ev: &LeadEvent<'_>,
+        h: EventHashes,
+        out: &mut impl FnMut(Transition),
+    ) -> Applied {
+        if self.is_duplicate_hashed(ev, h) {
             return Applied::Duplicate;
         }
         if ev.timestamp_ms > self.clock {
             self.advance(ev.timestamp_ms, out);
         }
-        let applied = self.apply(ev, out);
+        let applied = self.apply_hashed(ev, h, out);
         self.advance(self.clock, out);
         applied
     }
@@ -477,25 +540,30 @@ impl Engine {
     /// schedules the lead's next decay-driven crossing. Due crossings are not fired here: the
     /// caller owns the clock and calls [`Engine::advance`].
     pub fn apply(&mut self, ev: &LeadEvent<'_>, out: &mut impl FnMut(Transition)) -> Applied {
+        let h = self.hashes(ev);
+        self.apply_hashed(ev, h, out)
+    }
+
+    /// [`Engine::apply`] with the event's [`Engine::hashes`] already computed.
+    pub fn apply_hashed(&mut self, ev: &LeadEvent<'_>, h: EventHashes, out: &mut impl FnMut(Transition)) -> Applied {
         let t = ev.timestamp_ms;
-        let (slot, mut new) = self.store.find_or_insert(&ev.lead_id, t);
+        let (slot, mut new) = self.store.find_or_insert_hashed(&ev.lead_id, h.lead, t);
         if !new && self.expired(slot) {
             // Forgotten (not yet swept) and back: it starts afresh.
             self.store.reset(slot, t);
-            self.timer_of.remove(&slot);
-            if let Some(j) = &mut self.journal {
-                j.ids.remove(&slot);
-            }
             new = true;
         }
         if !new {
-            if let Some(id) = ev.event_id.as_deref() {
-                if self.is_remembered(slot, id) {
+            if let Some(id_hash) = h.event_id {
+                if self.is_remembered(slot, id_hash) {
                     return Applied::Duplicate;
                 }
             }
         }
-        let dedup_key = ev.event_id.as_deref().map(|id| self.dedup_key(slot, id));
+        // The lead's numbers, by column, for the rules to read and write; stored back once.
+        // (On the stack: zeroing 512 bytes is a few vector stores.)
+        let mut row = [0u64; 64];
+        let mut mask = self.store.load_row(slot, &mut row);
         if !self.model.fits.is_empty() {
             if self.attrs.len() <= slot as usize {
                 self.attrs.resize_with(slot as usize + 1, || None);
@@ -504,7 +572,8 @@ impl Engine {
                 self.attrs[slot as usize] = None;
                 let fit = self.fit_sum(None);
                 if fit != 0.0 {
-                    self.store.set(slot, self.col_fit, fit.to_bits());
+                    row[self.col_fit] = fit.to_bits();
+                    mask |= 1 << self.col_fit;
                 }
             }
         }
@@ -514,11 +583,11 @@ impl Engine {
         let late_factor = if t >= tau {
             if t > tau {
                 let d = decay(t - tau, self.half_life);
-                let (mask, words) = self.store.row_mut(slot);
-                // The ungrouped and group totals are the row's first words, in column order.
-                let n = (mask & ((1u64 << (COL_GROUPS + self.n_groups)) - 1)).count_ones() as usize;
-                for w in &mut words[..n] {
-                    *w = (f64::from_bits(*w) * d).to_bits();
+                let mut m = mask & self.decaying;
+                while m != 0 {
+                    let col = m.trailing_zeros() as usize;
+                    row[col] = (f64::from_bits(row[col]) * d).to_bits();
+                    m &= m - 1;
                 }
                 self.store.cores[slot as usize].tau = t;
             }
@@ -528,18 +597,18 @@ impl Engine {
         };
 
         // Every matching rule, in file order.
-        let model = Arc::clone(&self.model);
+        let model = &*self.model;
         if let Some(rules) = self.rules_by_type.get(ev.event_type.as_ref()) {
-            // Values found at each property path, looked up at most once per event.
-            let mut found: [Option<Option<Value<'_>>>; PATH_CACHE] = std::array::from_fn(|_| None);
-            for &ri in rules.iter() {
+            // The value at the last property path looked into: the rules of one type mostly
+            // read the same path.
+            let mut last: Option<(usize, Option<Value<'_>>)> = None;
+            for &ri in rules.rules.iter() {
                 let rule = &model.rules[ri as usize];
                 let holds = rule.when.iter().zip(&self.cond_path[ri as usize]).all(|(c, &pi)| {
-                    let lookup = || ev.properties.as_ref().and_then(|p| p.get(&c.path));
-                    match found.get_mut(pi) {
-                        Some(slot) => c.test.holds(slot.get_or_insert_with(lookup).as_ref()),
-                        None => c.test.holds(lookup().as_ref()),
+                    if !matches!(&last, Some((p, _)) if *p == pi) {
+                        last = Some((pi, ev.properties.as_ref().and_then(|p| p.get(&c.path))));
                     }
+                    c.test.holds(last.as_ref().and_then(|(_, v)| v.as_ref()))
                 });
                 if !holds {
                     continue;
@@ -547,7 +616,7 @@ impl Engine {
                 if let Some(limit) = rule.limit {
                     let col = self.limit_col[ri as usize];
                     let window = t.div_euclid(limit.per_ms) as u64;
-                    let packed = self.store.get(slot, col, NO_WINDOW);
+                    let packed = if mask & (1 << col) != 0 { row[col] } else { NO_WINDOW };
                     let (state, scored) = if packed == NO_WINDOW || window > packed >> 16 {
                         (window << 16 | 1, true)
                     } else if window == packed >> 16 {
@@ -556,68 +625,77 @@ impl Engine {
                     } else {
                         (packed, false)
                     };
-                    self.store.set(slot, col, state);
+                    row[col] = state;
+                    mask |= 1 << col;
                     if !scored {
                         continue;
                     }
                 }
+                let get = |col: usize| if mask & (1 << col) != 0 { f64::from_bits(row[col]) } else { 0.0 };
                 let (col, value) = if !rule.decays {
-                    (self.col_fixed, self.f(slot, self.col_fixed) + rule.points)
+                    (self.col_fixed, get(self.col_fixed) + rule.points)
                 } else {
                     let p = if late_factor == 1.0 { rule.points } else { rule.points * late_factor };
                     match rule.group {
                         Some(g) => {
                             let group = &model.groups[g];
-                            let total = self.f(slot, COL_GROUPS + g) + p;
+                            let total = get(COL_GROUPS + g) + p;
                             (COL_GROUPS + g, total.max(group.floor).min(group.cap))
                         }
-                        None => (COL_UNGROUPED, self.f(slot, COL_UNGROUPED) + p),
+                        None => (COL_UNGROUPED, get(COL_UNGROUPED) + p),
                     }
                 };
-                self.store.set(slot, col, value.to_bits());
+                row[col] = value.to_bits();
+                mask |= 1 << col;
             }
         }
 
         if ev.event_type == PROFILE_UPDATE && !model.fits.is_empty() {
             if let Some(props) = &ev.properties {
-                self.merge_profile(slot, props);
+                let fit = self.merge_profile(slot, props);
+                let had = if mask & (1 << self.col_fit) != 0 { f64::from_bits(row[self.col_fit]) } else { 0.0 };
+                if fit != had {
+                    row[self.col_fit] = fit.to_bits();
+                    mask |= 1 << self.col_fit;
+                }
             }
         }
 
-        if let Some(key) = dedup_key {
-            let tau = self.store.cores[slot as usize].tau;
-            self.dedup.insert(key, tau);
-            if let Some(j) = &mut self.journal {
-                let ids = j.ids.entry(slot).or_default();
-                // Ids the window no longer covers go; the same id again takes the newer clock.
-                let oldest = tau.saturating_sub(self.model.dedup_window_ms);
-                ids.retain(|&(h, c)| h != key.id_hash && c >= oldest);
-                ids.push((key.id_hash, tau));
-            }
-            if self.dedup.len() >= self.dedup_prune_at {
-                self.prune_dedup();
-            }
+        let core = self.store.cores[slot as usize];
+        if let Some(id_hash) = h.event_id {
+            let oldest = core.tau.saturating_sub(self.model.dedup_window_ms);
+            self.store.ids_remember(slot, id_hash, core.tau, oldest);
         }
 
         // The check, at a = max(τ, at of the previous transition).
-        let core = self.store.cores[slot as usize];
         let a = core.tau.max(core.last_at);
-        let score = self.score_at(slot, a);
-        let kind = if !core.qualified && score >= model.qualify_at {
+        let (steady, e) = (self.steady_of(mask, &row), self.engagement_of(mask, &row));
+        let score = self.score_from(steady, e, core.tau, a);
+        let kind = if !core.qualified() && score >= self.model.qualify_at {
             Some(TransitionKind::Qualified)
-        } else if core.qualified && score < model.disqualify_below {
+        } else if core.qualified() && score < self.model.disqualify_below {
             Some(TransitionKind::Disqualified)
         } else {
             None
         };
         if let Some(kind) = kind {
+            self.record_transition(slot, kind, a);
+        }
+        // The next decay-driven crossing, from the state after the check.
+        let due = self.crossing_due_of(slot, steady, e);
+        let timer = self.push_timer(slot, due, mask & (1 << self.col_timer) != 0, row[self.col_timer]);
+        if let Some(due) = timer {
+            row[self.col_timer] = due as u64;
+            mask |= 1 << self.col_timer;
+        }
+        self.store.store_row(slot, mask, &row);
+        if let Some(kind) = kind {
             let trigger = Trigger {
                 event_id: ev.event_id.as_deref().map(str::to_owned),
                 event_type: ev.event_type.as_ref().to_owned(),
             };
-            out(self.transition(slot, kind, a, score, Some(trigger)));
+            out(self.build_transition(slot, kind, a, score, Some(trigger)));
         }
-        self.schedule(slot);
         self.mark_dirty(slot);
         Applied::Accepted
     }
@@ -626,14 +704,16 @@ impl Engine {
     fn mark_dirty(&mut self, slot: u32) {
         if let Some(j) = &mut self.journal {
             let core = &mut self.store.cores[slot as usize];
-            if !core.dirty {
-                core.dirty = true;
+            if !core.dirty() {
+                core.set_dirty(true);
                 j.dirty.push(slot);
             }
         }
     }
 
-    fn merge_profile(&mut self, slot: u32, props: &crate::event::Properties<'_>) {
+    /// Merges a `profile_update`'s properties into the lead's attributes; returns the fit sum
+    /// under the merged attributes.
+    fn merge_profile(&mut self, slot: u32, props: &crate::event::Properties<'_>) -> f64 {
         let n_attrs = self.attr_names.len();
         let mut attrs = self.attrs[slot as usize].take().unwrap_or_else(|| vec![None; n_attrs].into_boxed_slice());
         let names = &self.attr_names;
@@ -643,10 +723,8 @@ impl Engine {
             }
         });
         let fit = self.fit_sum(Some(&attrs));
-        if fit != self.f(slot, self.col_fit) {
-            self.store.set(slot, self.col_fit, fit.to_bits());
-        }
         self.attrs[slot as usize] = Some(attrs);
+        fit
     }
 
     /// The threshold a transition of this kind crosses.
@@ -657,34 +735,42 @@ impl Engine {
         }
     }
 
-    /// Records a transition in the lead's state and builds its record.
-    fn transition(
-        &mut self,
+    /// Records a transition in the lead's state.
+    fn record_transition(&mut self, slot: u32, kind: TransitionKind, at: i64) {
+        let core = &mut self.store.cores[slot as usize];
+        core.set_qualified(kind == TransitionKind::Qualified);
+        core.last_at = at;
+        core.transitions += 1;
+        self.mark_dirty(slot);
+    }
+
+    /// The record of the transition just recorded.
+    fn build_transition(
+        &self,
         slot: u32,
         kind: TransitionKind,
         at: i64,
         score: f64,
         trigger: Option<Trigger>,
     ) -> Transition {
-        let breakdown = self.breakdown(slot, at);
-        let core = &mut self.store.cores[slot as usize];
-        core.qualified = kind == TransitionKind::Qualified;
-        core.last_at = at;
-        core.transitions += 1;
-        let n = core.transitions;
-        self.mark_dirty(slot);
-        let threshold = self.threshold(kind);
-        Transition { kind, lead_id: self.store.id(slot).to_owned(), n, at_ms: at, score, threshold, trigger, breakdown }
+        Transition {
+            kind,
+            lead_id: self.store.id(slot).to_owned(),
+            n: self.store.cores[slot as usize].transitions,
+            at_ms: at,
+            score,
+            threshold: self.threshold(kind),
+            trigger,
+            breakdown: self.breakdown(slot, at),
+        }
     }
 
     /// When decay alone takes the lead across a threshold: the crossing time rounded up to the
     /// millisecond, never before the lead's last check; `i64::MAX` when it never does.
-    fn crossing_due(&self, slot: u32) -> i64 {
+    fn crossing_due_of(&self, slot: u32, steady: f64, e: f64) -> i64 {
         let core = &self.store.cores[slot as usize];
-        let steady = self.steady(slot);
-        let e = self.engagement(slot);
         // Solve steady + e·2^(-(t-τ)/h) = threshold for t.
-        let threshold = if core.qualified {
+        let threshold = if core.qualified() {
             // Positive engagement sinking towards a steady part below the threshold.
             if !(e > 0.0 && steady < self.model.disqualify_below) {
                 return i64::MAX;
@@ -704,6 +790,10 @@ impl Engine {
         (t as i64).max(core.tau.max(core.last_at))
     }
 
+    fn crossing_due(&self, slot: u32) -> i64 {
+        self.crossing_due_of(slot, self.steady(slot), self.engagement(slot))
+    }
+
     /// The clock at which `forget_after` removes the lead (`i64::MAX`: never).
     fn forget_due(&self, slot: u32) -> i64 {
         match self.model.forget_after_ms {
@@ -713,19 +803,30 @@ impl Engine {
         }
     }
 
-    /// Makes sure the heap holds an entry at or before the lead's next crossing. Entries are
-    /// lazy: one that pops early (new points pushed the crossing later) is pushed again at the
-    /// new time, so the heap holds about one entry per lead however many events the lead gets.
-    fn schedule(&mut self, slot: u32) {
-        let due = self.crossing_due(slot);
+    /// Makes sure the heap holds an entry at or before the lead's next crossing `due`, given the
+    /// timer it has (`has_timer`: the due time `current` of its entry). Entries are lazy: one
+    /// that pops early (new points pushed the crossing later) is pushed again at the new time,
+    /// so the heap holds about one entry per lead however many events the lead gets. Returns
+    /// the lead's new timer when it pushed one.
+    fn push_timer(&mut self, slot: u32, due: i64, has_timer: bool, current: u64) -> Option<i64> {
         // A crossing after the lead's removal never happens (at the same time: crossing first).
         if due == i64::MAX || due > self.forget_due(slot) {
-            return;
+            return None;
         }
-        let current = self.timer_of.get(&slot).copied().unwrap_or(i64::MAX);
-        if due < current {
-            self.timer_of.insert(slot, due);
-            self.timers.push(Reverse((due, slot, self.store.cores[slot as usize].gen)));
+        if has_timer && due >= current as i64 {
+            return None;
+        }
+        self.timers.push(Reverse((due, slot, self.store.cores[slot as usize].gen)));
+        Some(due)
+    }
+
+    /// [`Engine::push_timer`] for a stored lead.
+    fn schedule(&mut self, slot: u32) {
+        let due = self.crossing_due(slot);
+        let has = self.store.row(slot).0 & (1 << self.col_timer) != 0;
+        let current = self.store.get(slot, self.col_timer, 0);
+        if let Some(due) = self.push_timer(slot, due, has, current) {
+            self.store.set(slot, self.col_timer, due as u64);
         }
     }
 
@@ -745,7 +846,7 @@ impl Engine {
                 }
                 self.timers.pop();
                 let core = &self.store.cores[slot as usize];
-                if core.live && core.gen == gen && self.timer_of.get(&slot) == Some(&due) {
+                if core.live() && core.gen == gen && self.store.get(slot, self.col_timer, u64::MAX) == due as u64 {
                     batch.push(slot);
                 }
             }
@@ -766,13 +867,14 @@ impl Engine {
     }
 
     fn fire(&mut self, slot: u32, due: i64, out: &mut impl FnMut(Transition)) {
-        self.timer_of.remove(&slot);
+        self.store.unset(slot, self.col_timer);
         let crossing = self.crossing_due(slot);
         if crossing <= due && crossing <= self.forget_due(slot) {
             let core = self.store.cores[slot as usize];
-            let kind = if core.qualified { TransitionKind::Disqualified } else { TransitionKind::Qualified };
+            let kind = if core.qualified() { TransitionKind::Disqualified } else { TransitionKind::Qualified };
             // A decay-driven transition reports the threshold itself as its score.
-            out(self.transition(slot, kind, crossing, self.threshold(kind), None));
+            self.record_transition(slot, kind, crossing);
+            out(self.build_transition(slot, kind, crossing, self.threshold(kind), None));
         }
         self.schedule(slot);
     }
@@ -786,36 +888,12 @@ impl Engine {
             if let Some(a) = self.attrs.get_mut(slot as usize) {
                 *a = None;
             }
-            self.timer_of.remove(&slot);
             if let Some(j) = &mut self.journal {
-                j.ids.remove(&slot);
                 j.removed.push(self.store.id(slot).into());
             }
-            // Its dedup entries and heap entries die with the generation.
+            // Its heap entries die with the generation.
             self.store.remove(slot);
         }
-    }
-
-    /// Drops remembered event ids that can no longer make a duplicate: their lead is gone, or
-    /// its clock has moved more than the dedup window past them. Amortized: runs when the map
-    /// has doubled since the last prune.
-    fn prune_dedup(&mut self) {
-        let window = self.model.dedup_window_ms;
-        // Every lead's clock is at most the engine's clock (the watermark in replay), so an entry
-        // within the window of the engine's clock is still needed, whatever its lead: keep it
-        // without touching the lead (a random memory access per entry would dominate the prune).
-        let recent = if self.clock == i64::MIN { i64::MIN } else { self.clock.saturating_sub(window) };
-        let cores = &self.store.cores;
-        self.dedup.retain(|k, &mut clock| {
-            if clock >= recent {
-                // (An entry of a removed lead is never matched again: lookups carry the slot's
-                // current generation. It goes once it is older than the window.)
-                return true;
-            }
-            let c = &cores[k.slot as usize];
-            c.live && c.gen == k.gen && clock >= c.tau.saturating_sub(window)
-        });
-        self.dedup_prune_at = (self.dedup.len() * 2).max(1024);
     }
 
     /// A lead's score, flag, clock and breakdown at `now`; `None` for a lead not in state.
@@ -825,7 +903,7 @@ impl Engine {
         Some(LeadView {
             lead_id: lead_id.to_owned(),
             score: self.score_at(slot, now),
-            qualified: core.qualified,
+            qualified: core.qualified(),
             clock_ms: core.tau,
             transitions: core.transitions,
             breakdown: self.breakdown(slot, now),
@@ -854,7 +932,7 @@ impl Engine {
             let s = self.score_at(slot, now);
             each(s);
             leads += 1;
-            qualified += usize::from(self.store.cores[slot as usize].qualified);
+            qualified += usize::from(self.store.cores[slot as usize].qualified());
             // Neumaier summation: the sum of millions of scores keeps its last digits.
             let t = sum + s;
             if sum.abs() >= s.abs() {
@@ -867,9 +945,10 @@ impl Engine {
         Totals { leads, qualified, score_sum: sum + comp }
     }
 
-    /// Remembered event ids (for memory accounting and tests).
+    /// Remembered event ids of tracked leads, expired ones not yet dropped included (for memory
+    /// accounting and tests).
     pub fn remembered_event_ids(&self) -> usize {
-        self.dedup.len()
+        self.tracked_slots().map(|s| self.store.ids_entries(s).count()).sum()
     }
 }
 
@@ -908,7 +987,7 @@ mod tests {
             let t = i as i64 * 100; // 500 s in all: far more than the 10 s window
             assert_eq!(e.apply_in_event_time(&ev("busy", t, id), &mut out), Applied::Accepted);
         }
-        assert!(e.remembered_event_ids() < 3000, "prunes dropped old ids: {}", e.remembered_event_ids());
+        assert!(e.remembered_event_ids() < 3000, "old ids were dropped: {}", e.remembered_event_ids());
         // The busy lead's clock is 499.9 s: ids from the last 10 s are duplicates, older ones not.
         assert_eq!(e.apply_in_event_time(&ev("busy", 499_900, "e4990"), &mut out), Applied::Duplicate);
         assert_eq!(e.apply_in_event_time(&ev("busy", 499_900, "e10"), &mut out), Applied::Accepted);

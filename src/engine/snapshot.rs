@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use super::{Attr, DedupKey, Engine, COL_GROUPS, COL_UNGROUPED, NO_WINDOW};
+use super::{Attr, Engine, COL_GROUPS, COL_UNGROUPED, NO_WINDOW};
 use crate::changelog::{encode_record, visit_record, AttrRef, AttrValue, ChangelogError, Header, LeadRecord, Part};
 
 impl Attr {
@@ -34,7 +34,7 @@ impl Engine {
     /// The 64-bit hash under which an event id is remembered (and stored in the changelog).
     pub fn event_id_hash(&self, event_id: &str) -> u64 {
         use std::hash::BuildHasher;
-        self.dedup_hasher.hash_one(event_id.as_bytes())
+        self.event_id_hasher.hash_one(event_id.as_bytes())
     }
 
     /// Leads changed (or removed) since the last [`Engine::drain_changelog`].
@@ -56,10 +56,10 @@ impl Engine {
         }
         for &slot in &dirty {
             let core = &mut self.store.cores[slot as usize];
-            if !core.live || !core.dirty {
+            if !core.live() || !core.dirty() {
                 continue;
             }
-            core.dirty = false;
+            core.set_dirty(false);
             if self.expired(slot) {
                 out(self.store.id(slot), None);
                 continue;
@@ -109,18 +109,14 @@ impl Engine {
             _ => None,
         };
         let oldest = core.tau.saturating_sub(model.dedup_window_ms);
-        let mut event_ids: Vec<(u64, i64)> = self
-            .journal
-            .as_ref()
-            .and_then(|j| j.ids.get(&slot))
-            .map(|ids| ids.iter().copied().filter(|&(_, c)| c >= oldest).collect())
-            .unwrap_or_default();
+        let mut event_ids: Vec<(u64, i64)> =
+            self.store.ids_entries(slot).filter(|e| e[1] >= oldest).map(|e| (e[0] as u64, e[1])).collect();
         event_ids.sort_unstable();
         LeadRecord {
             tau_ms: core.tau,
             last_transition_at_ms: (core.last_at != i64::MIN).then_some(core.last_at),
             transitions: core.transitions,
-            qualified: core.qualified,
+            qualified: core.qualified(),
             ungrouped: has(COL_UNGROUPED).then(|| self.f(slot, COL_UNGROUPED)),
             fixed: has(self.col_fixed).then(|| self.f(slot, self.col_fixed)),
             groups,
@@ -153,11 +149,6 @@ impl Engine {
     /// Room for `additional` more leads (a restore knows roughly how many records come).
     pub fn reserve(&mut self, additional: usize) {
         self.store.reserve(additional);
-        // About one remembered id per lead, in the dedup map and the journal's per-lead lists.
-        self.dedup.reserve(additional);
-        if let Some(j) = &mut self.journal {
-            j.ids.reserve(additional);
-        }
     }
 
     /// Removes a lead from state (a tombstone read during a restore).
@@ -165,10 +156,6 @@ impl Engine {
         if let Some(slot) = self.store.find(lead_id) {
             if let Some(a) = self.attrs.get_mut(slot as usize) {
                 *a = None;
-            }
-            self.timer_of.remove(&slot);
-            if let Some(j) = &mut self.journal {
-                j.ids.remove(&slot);
             }
             self.store.remove(slot);
         }
@@ -190,15 +177,14 @@ impl Engine {
         let (slot, new) = self.store.find_or_insert(lead_id, h.tau_ms);
         if !new {
             self.store.reset(slot, h.tau_ms);
-            self.timer_of.remove(&slot);
         }
         let model = Arc::clone(&self.model);
         {
             let core = &mut self.store.cores[slot as usize];
             core.last_at = h.last_transition_at_ms.unwrap_or(i64::MIN);
             core.transitions = h.transitions;
-            core.qualified = h.qualified;
-            core.dirty = false;
+            core.set_qualified(h.qualified);
+            core.set_dirty(false);
         }
         if let Some(v) = h.ungrouped {
             self.store.set(slot, COL_UNGROUPED, v.to_bits());
@@ -209,12 +195,10 @@ impl Engine {
         let with_fits = !model.fits.is_empty();
         let mut attrs: Option<Box<[Option<Attr>]>> =
             (with_fits && h.has_attributes).then(|| vec![None; self.attr_names.len()].into_boxed_slice());
-        let gen = self.store.cores[slot as usize].gen;
         let oldest = h.tau_ms.saturating_sub(model.dedup_window_ms);
-        let mut ids: Vec<(u64, i64)> = Vec::new();
-        let keep_ids = self.journal.is_some();
-        let (store, dedup, limit_col, attr_names) =
-            (&mut self.store, &mut self.dedup, &self.limit_col, &self.attr_names);
+        let mut ids = std::mem::take(&mut self.import_ids);
+        ids.clear();
+        let (store, limit_col, attr_names) = (&mut self.store, &self.limit_col, &self.attr_names);
         let _ = visit_record(value, |part| match part {
             Part::Group(name, total) => {
                 if let Some(g) = model.groups.iter().position(|g| g.name == name) {
@@ -235,10 +219,7 @@ impl Engine {
             }
             Part::EventId(id_hash, clock) => {
                 if clock >= oldest {
-                    dedup.insert(DedupKey { slot, gen, id_hash }, clock);
-                    if keep_ids {
-                        ids.push((id_hash, clock));
-                    }
+                    ids.push([id_hash as i64, clock]);
                 }
             }
         });
@@ -252,16 +233,11 @@ impl Engine {
             }
             self.attrs[slot as usize] = attrs.take();
         }
-        if self.dedup.len() >= self.dedup_prune_at {
-            self.prune_dedup();
-        }
-        if let Some(j) = &mut self.journal {
-            if ids.is_empty() {
-                j.ids.remove(&slot);
-            } else {
-                j.ids.insert(slot, ids);
-            }
-        }
+        // A damaged record could list an id twice; the table wants distinct ones (the newest).
+        ids.sort_unstable_by(|a, b| a[0].cmp(&b[0]).then(b[1].cmp(&a[1])));
+        ids.dedup_by_key(|e| e[0]);
+        self.store.ids_build(slot, &ids);
+        self.import_ids = ids;
         self.schedule(slot);
     }
 }

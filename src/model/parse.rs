@@ -946,7 +946,7 @@ mod tests {
         }
         let e = errs(&src);
         assert_eq!(e.len(), 1, "{e:?}");
-        assert!(e[0].message.contains("at most 61"), "{}", e[0].message);
+        assert!(e[0].message.contains("at most 60"), "{}", e[0].message);
     }
 
     #[test]
