@@ -17,8 +17,12 @@ use crate::model::Model;
 use crate::time::format_rfc3339_ms;
 use crate::transition::write_json;
 
-/// Lines decoded and prefetched together.
-const BATCH: usize = 32;
+/// Lines decoded and prefetched together (see [`Engine::prefetch`]).
+const BATCH: usize = 64;
+/// Events decoded between requesting a lead's index entry and its core.
+const CORE_LAG: usize = 4;
+/// Events applied between requesting a lead's id, row and remembered ids and applying it.
+const LEAD_AHEAD: usize = 4;
 
 /// Options of a replay.
 #[derive(Debug, Clone, Copy)]
@@ -145,18 +149,37 @@ pub fn replay(
             n += 1;
         }
         lines_read += n as u64;
+        // Decoding is the time the prefetched lines need to arrive: each event's index entry is
+        // requested as soon as it is decoded, and its core `CORE_LAG` events later.
         let mut batch = Vec::with_capacity(n);
+        hashes.clear();
+        slots.clear();
         for line in &lines[..n] {
             // A line cut at max + 1 bytes is still over the limit: decode reports too_large.
             match decode(line, &decode_opts) {
-                Ok(ev) => batch.push(ev),
+                Ok(ev) => {
+                    let h = engine.hashes(&ev);
+                    engine.prefetch_index(h);
+                    batch.push(ev);
+                    hashes.push(h);
+                    if hashes.len() > CORE_LAG {
+                        slots.push(engine.prefetch_core(hashes[hashes.len() - 1 - CORE_LAG]));
+                    }
+                }
                 Err(rejection) => rejected[rejection.reason.index()] += 1,
             }
         }
-        hashes.clear();
-        hashes.extend(batch.iter().map(|ev| engine.hashes(ev)));
-        engine.prefetch(&hashes, &mut slots);
-        for (ev, &h) in batch.iter().zip(&hashes) {
+        while slots.len() < hashes.len() {
+            slots.push(engine.prefetch_core(hashes[slots.len()]));
+        }
+        // The rest of a lead is requested `LEAD_AHEAD` events before it applies.
+        for j in 0..LEAD_AHEAD.min(batch.len()) {
+            engine.prefetch_lead(slots[j], hashes[j]);
+        }
+        for (j, (ev, &h)) in batch.iter().zip(&hashes).enumerate() {
+            if let (Some(&slot), Some(&ahead)) = (slots.get(j + LEAD_AHEAD), hashes.get(j + LEAD_AHEAD)) {
+                engine.prefetch_lead(slot, ahead);
+            }
             match engine.apply_in_event_time_hashed(ev, h, &mut |t| sink.emit(t)) {
                 Applied::Accepted => {
                     events += 1;

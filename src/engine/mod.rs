@@ -221,6 +221,10 @@ pub struct Engine {
     journal: Option<Box<Journal>>,
     /// Scratch of [`Engine::restore`]: a record's event ids.
     import_ids: Vec<[i64; 2]>,
+    /// Scratch of [`Engine::apply`]: the row of the lead being applied, by column (only the
+    /// columns of its mask mean anything). Rules read and write it here, and it goes back to
+    /// the store once.
+    row: Option<Box<[u64; 64]>>,
 }
 
 /// Changes not yet written to the state changelog.
@@ -324,6 +328,7 @@ impl Engine {
             batch: Vec::new(),
             journal: None,
             import_ids: Vec::new(),
+            row: Some(Box::new([0; 64])),
             model,
         }
     }
@@ -474,16 +479,40 @@ impl Engine {
     /// entry, then the lead's core, then its id, row and remembered ids, one level for the
     /// whole batch at a time, so the cache misses of the batch overlap. `slots` is scratch.
     /// Purely a hint: applying gives the same result with or without it.
+    ///
+    /// The three levels are also public ([`Engine::prefetch_index`], [`Engine::prefetch_core`],
+    /// [`Engine::prefetch_lead`]) for callers that have other work to put between them, so that
+    /// each level's loads have arrived when the next level reads them.
     pub fn prefetch(&self, batch: &[EventHashes], slots: &mut Vec<u32>) {
-        for h in batch {
-            self.store.prefetch_index(h.lead);
+        for &h in batch {
+            self.prefetch_index(h);
         }
         slots.clear();
-        slots.extend(batch.iter().map(|h| self.store.prefetch_core(h.lead).unwrap_or(u32::MAX)));
-        for (h, &slot) in batch.iter().zip(slots.iter()) {
-            if slot != u32::MAX {
-                self.store.prefetch_lead(slot, h.event_id);
-            }
+        slots.extend(batch.iter().map(|&h| self.prefetch_core(h)));
+        for (&h, &slot) in batch.iter().zip(slots.iter()) {
+            self.prefetch_lead(slot, h);
+        }
+    }
+
+    /// Prefetch level 1: the lead index entry of the event's lead.
+    #[inline]
+    pub fn prefetch_index(&self, h: EventHashes) {
+        self.store.prefetch_index(h.lead);
+    }
+
+    /// Prefetch level 2, once level 1 has had time to arrive: the core of the lead the index
+    /// points to. Returns the slot to hand to level 3 (`u32::MAX`: none).
+    #[inline]
+    pub fn prefetch_core(&self, h: EventHashes) -> u32 {
+        self.store.prefetch_core(h.lead).unwrap_or(u32::MAX)
+    }
+
+    /// Prefetch level 3, once level 2 has had time to arrive: the lead's id, row and
+    /// remembered ids.
+    #[inline]
+    pub fn prefetch_lead(&self, slot: u32, h: EventHashes) {
+        if slot != u32::MAX {
+            self.store.prefetch_lead(slot, h.event_id);
         }
     }
 
@@ -531,7 +560,9 @@ impl Engine {
         if ev.timestamp_ms > self.clock {
             self.advance(ev.timestamp_ms, out);
         }
-        let applied = self.apply_hashed(ev, h, out);
+        // Moving the engine's clock does not change whether the event is a duplicate: that
+        // depends on the lead's own clock and ids (and a lead it expired starts afresh).
+        let applied = self.apply_inner(ev, h, false, out);
         self.advance(self.clock, out);
         applied
     }
@@ -546,6 +577,16 @@ impl Engine {
 
     /// [`Engine::apply`] with the event's [`Engine::hashes`] already computed.
     pub fn apply_hashed(&mut self, ev: &LeadEvent<'_>, h: EventHashes, out: &mut impl FnMut(Transition)) -> Applied {
+        self.apply_inner(ev, h, true, out)
+    }
+
+    fn apply_inner(
+        &mut self,
+        ev: &LeadEvent<'_>,
+        h: EventHashes,
+        check_duplicate: bool,
+        out: &mut impl FnMut(Transition),
+    ) -> Applied {
         let t = ev.timestamp_ms;
         let (slot, mut new) = self.store.find_or_insert_hashed(&ev.lead_id, h.lead, t);
         if !new && self.expired(slot) {
@@ -553,7 +594,7 @@ impl Engine {
             self.store.reset(slot, t);
             new = true;
         }
-        if !new {
+        if !new && check_duplicate {
             if let Some(id_hash) = h.event_id {
                 if self.is_remembered(slot, id_hash) {
                     return Applied::Duplicate;
@@ -561,8 +602,7 @@ impl Engine {
             }
         }
         // The lead's numbers, by column, for the rules to read and write; stored back once.
-        // (On the stack: zeroing 512 bytes is a few vector stores.)
-        let mut row = [0u64; 64];
+        let mut row = self.row.take().unwrap_or_else(|| Box::new([0; 64]));
         let mut mask = self.store.load_row(slot, &mut row);
         if !self.model.fits.is_empty() {
             if self.attrs.len() <= slot as usize {
@@ -689,6 +729,7 @@ impl Engine {
             mask |= 1 << self.col_timer;
         }
         self.store.store_row(slot, mask, &row);
+        self.row = Some(row);
         if let Some(kind) = kind {
             let trigger = Trigger {
                 event_id: ev.event_id.as_deref().map(str::to_owned),

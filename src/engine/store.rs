@@ -278,6 +278,8 @@ pub(crate) struct Store {
     arena_garbage: usize,
     free: Vec<u32>,
     id_pools: Vec<IdPool>,
+    /// Scratch of [`Store::ids_remember`].
+    ids_scratch: Vec<[i64; 2]>,
 }
 
 impl Store {
@@ -293,6 +295,7 @@ impl Store {
             arena_garbage: 0,
             free: Vec::new(),
             id_pools: Vec::new(),
+            ids_scratch: Vec::new(),
         }
     }
 
@@ -649,9 +652,12 @@ impl Store {
             }
         }
         // Full: keep what the window still covers, plus the new entry, in a table that fits.
-        let mut live: Vec<[i64; 2]> = self.ids_entries(slot).filter(|e| e[1] >= oldest).collect();
+        let mut live = std::mem::take(&mut self.ids_scratch);
+        live.clear();
+        live.extend(self.ids_entries(slot).filter(|e| e[1] >= oldest));
         live.push([key, clock]);
         self.ids_build(slot, &live);
+        self.ids_scratch = live;
     }
 
     /// Every remembered entry of the lead (hash as `i64`, clock), in no particular order.
