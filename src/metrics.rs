@@ -258,6 +258,16 @@ impl Metrics {
         }
     }
 
+    /// Event types with their own `type` label value, sorted; the rest count as `other`.
+    pub fn known_types(&self) -> &[String] {
+        &self.known_types
+    }
+
+    /// The index of an event type in [`Metrics::known_types`], or its length for `other`.
+    pub fn type_index(&self, event_type: &str) -> usize {
+        self.known_types.binary_search_by(|t| t.as_str().cmp(event_type)).unwrap_or(self.known_types.len())
+    }
+
     /// The `type` label value for an event type: itself if the model knows it, else `other`.
     pub fn type_label<'a>(&'a self, event_type: &str) -> &'a str {
         match self.known_types.binary_search_by(|t| t.as_str().cmp(event_type)) {

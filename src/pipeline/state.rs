@@ -1,6 +1,10 @@
 //! What the pipeline thread and the HTTP side share: one engine per task, the offsets processed
 //! and committed per input partition, and the latest transitions for the status page.
 //!
+//! Each task's engine has a lock of its own: the pipeline holds one for a run of records of
+//! that partition, and a scrape walks the engines one at a time, so a scrape over millions of
+//! leads holds up one partition for a fraction of its walk instead of the whole pipeline.
+//!
 //! A *task* is a partition number, as in Kafka Streams: partition `p` of every input topic and
 //! partition `p` of the state changelog. Producers key records by lead id with one partitioner,
 //! so a lead's events sit in the same partition number of every input topic, and the range
@@ -13,8 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use rdkafka::TopicPartitionList;
 
-use crate::engine::{Applied, Engine, Totals, Transition};
-use crate::event::LeadEvent;
+use crate::engine::{Engine, Totals, Transition};
 use crate::http::{distribution, Health, InstanceStatus, LeadAnswer, RecentTransition, StatusReport, StatusSource};
 use crate::metrics::{count_into, score_bounds, ScoreSnapshot, ScoreSource};
 use crate::model::Model;
@@ -30,10 +33,13 @@ struct Input {
     committed: Option<i64>,
 }
 
+/// A task's engine, locked on its own.
+pub(crate) type TaskEngine = Arc<Mutex<Engine>>;
+
 /// Engines by task (partition number), positions by input partition.
 #[derive(Default)]
 struct Tasks {
-    engines: BTreeMap<i32, Engine>,
+    engines: BTreeMap<i32, TaskEngine>,
     inputs: BTreeMap<(String, i32), Input>,
 }
 
@@ -147,7 +153,7 @@ impl Shared {
                 .entry((e.topic().to_owned(), e.partition()))
                 .or_insert(Input { next_offset: None, committed: None });
             if let std::collections::btree_map::Entry::Vacant(v) = tasks.engines.entry(e.partition()) {
-                v.insert(self.new_engine());
+                v.insert(Arc::new(Mutex::new(self.new_engine())));
                 added.push(e.partition());
             }
         }
@@ -156,9 +162,20 @@ impl Shared {
 
     /// Puts a restored engine in place of a task's engine (if the task is still assigned).
     pub(crate) fn set_engine(&self, task: i32, engine: Engine) {
-        if let Some(e) = lock(&self.partitions).engines.get_mut(&task) {
-            *e = engine;
+        let slot = lock(&self.partitions).engines.get(&task).cloned();
+        if let Some(e) = slot {
+            *lock(&e) = engine;
         }
+    }
+
+    /// The engine of a task, if it is assigned.
+    pub(crate) fn engine(&self, task: i32) -> Option<TaskEngine> {
+        lock(&self.partitions).engines.get(&task).cloned()
+    }
+
+    /// Every assigned task's engine (the list is copied, so no engine is locked meanwhile).
+    fn engines(&self) -> Vec<TaskEngine> {
+        lock(&self.partitions).engines.values().cloned().collect()
     }
 
     /// Assigned tasks.
@@ -209,14 +226,16 @@ impl Shared {
 
     /// Hands every task's changelog changes to `out` (task, lead id, record or tombstone).
     pub(crate) fn drain_changelog(&self, mut out: impl FnMut(i32, &str, Option<&[u8]>)) {
-        for (&task, engine) in lock(&self.partitions).engines.iter_mut() {
-            engine.drain_changelog(|id, v| out(task, id, v));
+        let engines: Vec<(i32, TaskEngine)> =
+            lock(&self.partitions).engines.iter().map(|(&t, e)| (t, Arc::clone(e))).collect();
+        for (task, engine) in engines {
+            lock(&engine).drain_changelog(|id, v| out(task, id, v));
         }
     }
 
     /// Leads changed since the last drain, over all tasks.
     pub(crate) fn changed_leads(&self) -> usize {
-        lock(&self.partitions).engines.values().map(Engine::changed_leads).sum()
+        self.engines().iter().map(|e| lock(e).changed_leads()).sum()
     }
 
     pub(crate) fn set_lag(&self, lag: i64) {
@@ -228,46 +247,23 @@ impl Shared {
         lock(&self.partitions).inputs.len()
     }
 
-    /// Applies an event to its partition's engine, first moving that engine's clock to `now`.
-    /// `None` when the partition is not assigned here.
-    pub(crate) fn apply(
-        &self,
-        topic: &str,
-        partition: i32,
-        offset: i64,
-        ev: &LeadEvent<'_>,
-        now: i64,
-        out: &mut impl FnMut(Transition),
-    ) -> Option<Applied> {
-        let mut tasks = lock(&self.partitions);
-        let Tasks { engines, inputs } = &mut *tasks;
-        let input = input_mut(inputs, topic, partition)?;
-        input.next_offset = Some(offset + 1);
-        let engine = engines.get_mut(&partition)?;
-        engine.advance(now, out);
-        let applied = engine.apply(ev, out);
-        match applied {
-            Applied::Accepted => self.events.fetch_add(1, Ordering::Relaxed),
-            Applied::Duplicate => self.rejected.fetch_add(1, Ordering::Relaxed),
-        };
-        Some(applied)
-    }
-
-    /// Marks a record as processed without applying it (a rejected record).
-    pub(crate) fn processed(&self, topic: &str, partition: i32, offset: i64) {
+    /// Records that everything before `next_offset` of an input partition is processed.
+    pub(crate) fn set_position(&self, topic: &str, partition: i32, next_offset: i64) {
         if let Some(input) = input_mut(&mut lock(&self.partitions).inputs, topic, partition) {
-            input.next_offset = Some(offset + 1);
+            input.next_offset = Some(next_offset);
         }
     }
 
-    pub(crate) fn count_rejected(&self) {
-        self.rejected.fetch_add(1, Ordering::Relaxed);
+    /// Adds a batch's counts to the status page's totals.
+    pub(crate) fn count(&self, events: u64, rejected: u64) {
+        self.events.fetch_add(events, Ordering::Relaxed);
+        self.rejected.fetch_add(rejected, Ordering::Relaxed);
     }
 
     /// Fires the crossings due by `now` in every partition.
     pub(crate) fn advance_all(&self, now: i64, out: &mut impl FnMut(Transition)) {
-        for engine in lock(&self.partitions).engines.values_mut() {
-            engine.advance(now, out);
+        for engine in self.engines() {
+            lock(&engine).advance(now, out);
         }
     }
 
@@ -315,11 +311,10 @@ impl Shared {
 
     /// Totals over every partition at `now`, with the cumulative distribution over `bounds`.
     pub fn snapshot_at(&self, now: i64, bounds: &[f64]) -> ScoreSnapshot {
-        let tasks = lock(&self.partitions);
         let mut cumulative = vec![0u64; bounds.len()];
         let mut totals = Totals::default();
-        for engine in tasks.engines.values() {
-            let t = engine.totals_with(now, |s| count_into(bounds, &mut cumulative, s));
+        for engine in self.engines() {
+            let t = lock(&engine).totals_with(now, |s| count_into(bounds, &mut cumulative, s));
             totals.leads += t.leads;
             totals.qualified += t.qualified;
             totals.score_sum += t.score_sum;
@@ -329,8 +324,7 @@ impl Shared {
 
     /// A lead's current view as JSON, from whichever partition holds it.
     pub fn lead_json(&self, lead_id: &str, now: i64) -> Option<serde_json::Value> {
-        let tasks = lock(&self.partitions);
-        let view = tasks.engines.values().find_map(|e| e.lead(lead_id, now))?;
+        let view = self.engines().iter().find_map(|e| lock(e).lead(lead_id, now))?;
         Some(crate::http::lead_json(&self.model, &view, now))
     }
 }

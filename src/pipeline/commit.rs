@@ -1,0 +1,553 @@
+//! Commits: what makes processed input count as done, under each guarantee.
+//!
+//! - **at_least_once**: every record produced carries, in its delivery opaque, the *epoch* (the
+//!   commit interval) it was sent in. A commit tick sends the changelog records of the interval
+//!   and closes the epoch with the input positions reached. A closed epoch's positions are
+//!   committed, asynchronously, as soon as every record of it and of every earlier epoch is
+//!   acknowledged by the broker. So offsets never pass a record whose effects are not durable,
+//!   and the loop never waits for the broker in between (rust-rdkafka's example and Vector's
+//!   Kafka source store offsets only after the work they cover is done; this is the same rule
+//!   without a flush per commit). On revoke and shutdown the producer is flushed and everything
+//!   is committed synchronously.
+//! - **exactly_once**: one transaction per interval holds the transitions, dead letters,
+//!   forwarded records, changelog records and the input offsets (`send_offsets_to_transaction`
+//!   with the consumer's live group metadata, which fences zombies). An abortable error aborts
+//!   it, and the caller rolls the state back ([`Committer::rewind`]).
+//!
+//! The producer is a `ThreadedProducer`: its own thread serves delivery reports, so the counts
+//! and the latency histogram are up to date without the pipeline polling, and transaction calls
+//! (which wait for delivery reports) complete while they block.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Offset};
+use tracing::{debug, error, info, warn};
+
+use super::{lock, restore, wall_ms, PipelineError, Rebalancing, Shared};
+use crate::config::Config;
+use crate::http::Health;
+use crate::metrics::Metrics;
+
+/// Bound on each blocking transaction call.
+pub(crate) const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Epochs whose records may be unacknowledged at once (at-least-once); a commit tick that would
+/// open one more waits for the oldest. At 100 ms per epoch: 25 s of deliveries in flight.
+const EPOCHS: usize = 256;
+
+/// The opaque of a produced record: its epoch in the high 16 bits, and in the low 48 the epoch
+/// milliseconds its delivery latency is measured from, plus one (0: not observed at delivery).
+/// 2^48 ms is about 8,900 years.
+fn opaque(epoch: u64, since_ms: Option<i64>) -> usize {
+    let since = since_ms.map_or(0, |s| (s.max(0) as u64 + 1) & LOW48);
+    ((epoch % EPOCHS as u64) << 48 | since) as usize
+}
+
+const LOW48: u64 = (1 << 48) - 1;
+
+fn epoch_of(opaque: usize) -> usize {
+    (opaque as u64 >> 48) as usize
+}
+
+/// Delivery bookkeeping, from the producer's own thread: failures stop the pipeline (no commit
+/// passes them); successes release their epoch and feed the latency histogram.
+pub struct Delivery {
+    failed: AtomicU64,
+    /// Records sent and not yet acknowledged (or failed), by epoch modulo [`EPOCHS`].
+    outstanding: Box<[AtomicU64]>,
+    metrics: Metrics,
+}
+
+impl Delivery {
+    pub(crate) fn new(metrics: Metrics) -> Delivery {
+        Delivery { failed: AtomicU64::new(0), outstanding: (0..EPOCHS).map(|_| AtomicU64::new(0)).collect(), metrics }
+    }
+
+    fn unacknowledged(&self, epoch: u64) -> u64 {
+        // Acquire: a failure counted before the release below is seen after this load.
+        self.outstanding[(epoch % EPOCHS as u64) as usize].load(Ordering::Acquire)
+    }
+
+    fn release(&self, opaque: usize) {
+        self.outstanding[epoch_of(opaque)].fetch_sub(1, Ordering::Release);
+    }
+}
+
+impl ClientContext for Delivery {}
+
+impl ProducerContext for Delivery {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        match result {
+            Ok(_) => {
+                let since = opaque as u64 & LOW48;
+                if since > 0 {
+                    let secs = (wall_ms() - (since as i64 - 1)).max(0) as f64 / 1000.0;
+                    self.metrics.transition_latency.observe(secs);
+                }
+            }
+            // Purged by an abort: expected, and the abort rolls their effects back.
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight), _)) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                debug!("delivery purged by an abort");
+            }
+            Err((e, _)) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                warn!(error = %e, "delivery failed");
+            }
+        }
+        // After the failure count: whoever sees the epoch complete also sees its failures.
+        self.release(opaque);
+    }
+}
+
+/// The output producer.
+pub(crate) type OutputProducer = ThreadedProducer<Delivery>;
+
+/// What a commit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Committed {
+    /// Nothing was pending.
+    Nothing,
+    Done,
+    /// The transaction was aborted: the tasks must be reloaded and the input re-read.
+    Aborted,
+}
+
+/// How a transaction call failed (librdkafka's three classes; unclassified counts as fatal).
+enum Failure {
+    Retry,
+    Abort,
+    Fatal,
+}
+
+fn classify(e: &KafkaError) -> Failure {
+    match e {
+        KafkaError::Transaction(r) if r.is_fatal() => Failure::Fatal,
+        KafkaError::Transaction(r) if r.txn_requires_abort() => Failure::Abort,
+        KafkaError::Transaction(r) if r.is_retriable() => Failure::Retry,
+        _ => Failure::Fatal,
+    }
+}
+
+/// The open transaction (exactly-once).
+#[derive(Default)]
+struct Txn {
+    open: bool,
+    /// Latency origins (epoch ms) of the transitions in the open transaction: observed when it
+    /// commits, which is when `read_committed` consumers see them.
+    since: Vec<i64>,
+    /// Commit attempts so far (for the test hook).
+    attempts: u64,
+}
+
+/// At-least-once epochs closed and not committed yet: their number, the positions reached when
+/// they closed, and when.
+#[derive(Default)]
+struct Epochs {
+    closed: VecDeque<(u64, rdkafka::TopicPartitionList, Instant)>,
+}
+
+/// Commits, for the loop and the rebalance callbacks alike (both run on the pipeline thread).
+pub struct Committer {
+    pub(crate) cfg: Config,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) producer: OutputProducer,
+    pub(crate) metrics: Metrics,
+    pub(crate) health: Arc<Health>,
+    pub(crate) exactly_once: bool,
+    txn: Mutex<Txn>,
+    /// `txn.open`, readable without the lock on every record.
+    txn_open: AtomicBool,
+    /// The current epoch (at-least-once).
+    epoch: AtomicU64,
+    epochs: Mutex<Epochs>,
+    abort_every: Option<u64>,
+    /// An error raised inside a rebalance callback, for the loop to return.
+    failure: Mutex<Option<PipelineError>>,
+    /// A transaction was aborted inside a callback while tasks remained: rewind them.
+    pub(crate) rewind_needed: AtomicBool,
+    /// Bumped by every rebalance, so the loop can tell that records it polled before one are
+    /// stale (their partitions were revoked, and perhaps assigned again from the last commit).
+    pub(crate) rebalances: AtomicU64,
+}
+
+impl Committer {
+    pub(crate) fn new(
+        cfg: Config,
+        shared: Arc<Shared>,
+        producer: OutputProducer,
+        metrics: Metrics,
+        health: Arc<Health>,
+        abort_every: Option<u64>,
+    ) -> Committer {
+        let exactly_once = cfg.kafka.processing_guarantee == crate::config::ProcessingGuarantee::ExactlyOnce;
+        Committer {
+            cfg,
+            shared,
+            producer,
+            metrics,
+            health,
+            exactly_once,
+            txn: Mutex::new(Txn::default()),
+            txn_open: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
+            epochs: Mutex::new(Epochs::default()),
+            abort_every,
+            failure: Mutex::new(None),
+            rewind_needed: AtomicBool::new(false),
+            rebalances: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn fail(&self, e: PipelineError) {
+        error!(code = e.code(), error = %e, "pipeline failure");
+        lock(&self.failure).get_or_insert(e);
+    }
+
+    pub(crate) fn take_failure(&self) -> Option<PipelineError> {
+        lock(&self.failure).take()
+    }
+
+    /// Opens a transaction if none is open (exactly-once only).
+    fn begin(&self, txn: &mut Txn) -> Result<(), PipelineError> {
+        if self.exactly_once && !txn.open {
+            self.producer.begin_transaction().map_err(PipelineError::Transaction)?;
+            txn.open = true;
+            self.txn_open.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Before a record is produced: makes sure a transaction is open (exactly-once), counts the
+    /// record in the current epoch (at-least-once), and returns its delivery opaque. `since_ms`
+    /// is what a transition's latency is measured from. Failing to open a transaction is fatal;
+    /// it is reported to the loop.
+    pub(crate) fn before_send(&self, since_ms: Option<i64>) -> usize {
+        if !self.exactly_once {
+            let epoch = self.epoch.load(Ordering::Relaxed);
+            self.producer.context().outstanding[(epoch % EPOCHS as u64) as usize].fetch_add(1, Ordering::Relaxed);
+            return opaque(epoch, since_ms);
+        }
+        if !self.txn_open.load(Ordering::Relaxed) || since_ms.is_some() {
+            let mut txn = lock(&self.txn);
+            if let Err(e) = self.begin(&mut txn) {
+                drop(txn);
+                self.fail(e);
+            } else if let Some(since) = since_ms {
+                txn.since.push(since);
+            }
+        }
+        // Under exactly-once the epoch is not used and latency is observed at commit.
+        opaque(0, None)
+    }
+
+    /// Sends a record prepared with [`Committer::before_send`], waiting for room when
+    /// librdkafka's queue is full (back-pressure, not loss).
+    pub(crate) fn send<K, P>(&self, mut record: BaseRecord<'_, K, P, usize>)
+    where
+        K: rdkafka::message::ToBytes + ?Sized,
+        P: rdkafka::message::ToBytes + ?Sized,
+    {
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    // The producer's thread serves deliveries meanwhile.
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, r)) => {
+                    // Invalid record or a fatal producer state: count it as a failed delivery so
+                    // no commit passes it, and release its epoch (it gets no delivery report).
+                    let ctx = self.producer.context();
+                    ctx.failed.fetch_add(1, Ordering::Relaxed);
+                    ctx.release(r.delivery_opaque);
+                    warn!(error = %e, "produce failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Sends the changelog records of every change since the last commit.
+    fn send_changelog(&self) {
+        let topic = self.cfg.kafka.state_topic.as_str();
+        let mut n = 0u64;
+        self.shared.drain_changelog(|task, lead_id, value| {
+            let record =
+                BaseRecord::with_opaque_to(topic, self.before_send(None)).partition(task).key(lead_id.as_bytes());
+            match value {
+                Some(v) => self.send(record.payload(v)),
+                None => self.send::<[u8], [u8]>(record),
+            }
+            n += 1;
+        });
+        self.metrics.changelog_records.inc_by(n);
+    }
+
+    /// Waits until every record sent so far is acknowledged and its delivery report served.
+    /// (rust-rdkafka's `flush` polls in 100 ms slices that always run to their end.)
+    fn wait_delivered(&self, timeout: Duration) -> Result<(), KafkaError> {
+        let deadline = Instant::now() + timeout;
+        // flush(0) is rd_kafka_flush(0): it sends lingering batches at once and says whether
+        // anything is still outstanding; the producer's thread serves the reports.
+        while let Err(e) = self.producer.flush(Duration::ZERO) {
+            if Instant::now() >= deadline {
+                return Err(e);
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        Ok(())
+    }
+
+    /// The periodic commit (every `commit_interval_ms`): never waits for the broker under
+    /// at-least-once; commits the transaction under exactly-once.
+    pub(crate) fn commit_tick(&self, consumer: &BaseConsumer<Rebalancing>) -> Result<Committed, PipelineError> {
+        if self.exactly_once {
+            return self.commit_transaction(consumer);
+        }
+        self.send_changelog();
+        self.close_epoch();
+        self.commit_delivered(consumer)?;
+        Ok(Committed::Done)
+    }
+
+    /// Commits everything processed so far, and waits for it (revoke, shutdown).
+    pub(crate) fn commit_now(&self, consumer: &BaseConsumer<Rebalancing>) -> Result<Committed, PipelineError> {
+        if self.exactly_once {
+            return self.commit_transaction(consumer);
+        }
+        let started = Instant::now();
+        self.send_changelog();
+        self.close_epoch();
+        self.wait_delivered(Duration::from_secs(60)).map_err(PipelineError::Flush)?;
+        let failed = self.producer.context().failed.load(Ordering::Relaxed);
+        if failed > 0 {
+            self.metrics.commits.with_label_values(&["failed"]).inc();
+            return Err(PipelineError::Delivery(failed));
+        }
+        lock(&self.epochs).closed.clear();
+        let offsets = self.shared.offsets_to_commit(None);
+        if offsets.count() == 0 {
+            return Ok(Committed::Nothing);
+        }
+        self.commit_offsets(consumer, &offsets, CommitMode::Sync, started);
+        Ok(Committed::Done)
+    }
+
+    /// Closes the current epoch with the positions reached (at-least-once). Waits for the oldest
+    /// closed epoch first if [`EPOCHS`] are unacknowledged.
+    fn close_epoch(&self) {
+        let mut epochs = lock(&self.epochs);
+        while epochs.closed.len() >= EPOCHS - 1 {
+            let oldest = epochs.closed.front().expect("not empty").0;
+            if self.producer.context().unacknowledged(oldest) == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let epoch = self.epoch.fetch_add(1, Ordering::Relaxed);
+        epochs.closed.push_back((epoch, self.shared.offsets_to_commit(None), Instant::now()));
+    }
+
+    /// Commits (asynchronously) the positions of every closed epoch whose records, and those of
+    /// every earlier epoch, are all acknowledged (at-least-once). Called on every loop turn.
+    pub(crate) fn commit_delivered(&self, consumer: &BaseConsumer<Rebalancing>) -> Result<(), PipelineError> {
+        if self.exactly_once {
+            return Ok(());
+        }
+        let ctx = self.producer.context();
+        let mut epochs = lock(&self.epochs);
+        let mut ready = None;
+        while let Some((epoch, _, _)) = epochs.closed.front() {
+            if ctx.unacknowledged(*epoch) > 0 {
+                break;
+            }
+            let failed = ctx.failed.load(Ordering::Relaxed);
+            if failed > 0 {
+                self.metrics.commits.with_label_values(&["failed"]).inc();
+                return Err(PipelineError::Delivery(failed));
+            }
+            ready = epochs.closed.pop_front();
+        }
+        drop(epochs);
+        // Positions only grow, so the newest ready epoch covers the older ones.
+        if let Some((_, offsets, closed_at)) = ready {
+            if offsets.count() > 0 {
+                self.commit_offsets(consumer, &offsets, CommitMode::Async, closed_at);
+            }
+        }
+        Ok(())
+    }
+
+    fn commit_offsets(
+        &self,
+        consumer: &BaseConsumer<Rebalancing>,
+        offsets: &rdkafka::TopicPartitionList,
+        mode: CommitMode,
+        since: Instant,
+    ) {
+        match consumer.commit(offsets, mode) {
+            Ok(()) => {
+                self.shared.committed(offsets);
+                self.metrics.commits.with_label_values(&["ok"]).inc();
+            }
+            Err(e) => {
+                // Not fatal: the next commit carries the same or later offsets.
+                warn!(error = %e, "offset commit failed");
+                self.metrics.commits.with_label_values(&["failed"]).inc();
+            }
+        }
+        self.metrics.commit_seconds.with_label_values(&["at_least_once"]).observe(since.elapsed().as_secs_f64());
+    }
+
+    /// After a lost assignment (at-least-once): positions closed in epochs are not ours to
+    /// commit any more.
+    pub(crate) fn forget_closed_epochs(&self) {
+        lock(&self.epochs).closed.clear();
+    }
+
+    /// Exactly-once: the changelog records and the offsets join the open transaction (opened
+    /// now if nothing was sent yet), which then commits.
+    fn commit_transaction(&self, consumer: &BaseConsumer<Rebalancing>) -> Result<Committed, PipelineError> {
+        let started = Instant::now();
+        let mut txn = lock(&self.txn);
+        let offsets = self.shared.offsets_to_commit(None);
+        if !txn.open && offsets.count() == 0 && self.shared.changed_leads() == 0 {
+            return Ok(Committed::Nothing);
+        }
+        self.begin(&mut txn)?;
+        drop(txn);
+        self.send_changelog();
+        let mut txn = lock(&self.txn);
+        txn.attempts += 1;
+        if self.abort_every.is_some_and(|n| txn.attempts % n == 0) {
+            info!(attempt = txn.attempts, "test hook: aborting this transaction");
+            return self.abort_locked(&mut txn);
+        }
+        if offsets.count() > 0 {
+            let Some(group) = consumer.group_metadata() else {
+                // Not a group member right now: these offsets cannot be committed by us.
+                warn!("no group metadata; aborting the transaction");
+                return self.abort_locked(&mut txn);
+            };
+            loop {
+                match self.producer.send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT) {
+                    Ok(()) => break,
+                    Err(e) => match classify(&e) {
+                        Failure::Retry => continue,
+                        Failure::Abort => {
+                            warn!(error = %e, "sending offsets failed; aborting the transaction");
+                            return self.abort_locked(&mut txn);
+                        }
+                        Failure::Fatal => return Err(PipelineError::Transaction(e)),
+                    },
+                }
+            }
+        }
+        // rust-rdkafka's commit_transaction flushes first, in 100 ms poll slices that always run
+        // to their end; with everything delivered already its flush returns at once.
+        let _ = self.wait_delivered(TXN_TIMEOUT);
+        loop {
+            match self.producer.commit_transaction(TXN_TIMEOUT) {
+                Ok(()) => break,
+                Err(e) => match classify(&e) {
+                    Failure::Retry => continue,
+                    Failure::Abort => {
+                        warn!(error = %e, "commit failed; aborting the transaction");
+                        return self.abort_locked(&mut txn);
+                    }
+                    Failure::Fatal => return Err(PipelineError::Transaction(e)),
+                },
+            }
+        }
+        txn.open = false;
+        self.txn_open.store(false, Ordering::Relaxed);
+        self.shared.committed(&offsets);
+        let now = wall_ms();
+        for since in txn.since.drain(..) {
+            self.metrics.transition_latency.observe((now - since).max(0) as f64 / 1000.0);
+        }
+        self.metrics.commits.with_label_values(&["ok"]).inc();
+        self.metrics.commit_seconds.with_label_values(&["exactly_once"]).observe(started.elapsed().as_secs_f64());
+        Ok(Committed::Done)
+    }
+
+    /// Aborts the open transaction (exactly-once); the caller rolls the state back.
+    pub(crate) fn abort(&self) -> Result<Committed, PipelineError> {
+        let mut txn = lock(&self.txn);
+        self.abort_locked(&mut txn)
+    }
+
+    fn abort_locked(&self, txn: &mut Txn) -> Result<Committed, PipelineError> {
+        if txn.open {
+            // Deliver what is queued first (it stays invisible: the transaction aborts). An abort
+            // that purges records whose AddPartitionsToTxn has not completed yet sends EndTxn for
+            // a transaction the coordinator holds as empty; the broker answers
+            // INVALID_TXN_STATE and librdkafka makes the producer fatal (librdkafka #4849, open).
+            // Bounded by the transaction timeout; a delivery that fails for good is purged below.
+            let _ = self.wait_delivered(TXN_TIMEOUT);
+            loop {
+                match self.producer.abort_transaction(TXN_TIMEOUT) {
+                    Ok(()) => break,
+                    Err(e) if matches!(classify(&e), Failure::Retry) => debug!(error = %e, "abort not complete yet"),
+                    Err(e) => return Err(PipelineError::Transaction(e)),
+                }
+            }
+        }
+        txn.open = false;
+        self.txn_open.store(false, Ordering::Relaxed);
+        txn.since.clear();
+        self.producer.context().failed.store(0, Ordering::Relaxed);
+        self.metrics.commits.with_label_values(&["aborted"]).inc();
+        Ok(Committed::Aborted)
+    }
+
+    /// Replaces every task's engine with one restored from the changelog and moves every input
+    /// partition back to its committed offset: the state of the last committed transaction.
+    pub(crate) fn rewind(&self, consumer: &BaseConsumer<Rebalancing>) -> Result<(), PipelineError> {
+        self.rewind_needed.store(false, Ordering::Relaxed);
+        // Records polled before this point are stale.
+        self.rebalances.fetch_add(1, Ordering::Relaxed);
+        let tasks = self.shared.tasks();
+        for (task, engine) in restore::restore_tasks(&self.cfg.kafka, &self.shared, &self.metrics, &tasks)? {
+            self.shared.set_engine(task, engine);
+        }
+        let inputs = self.shared.inputs();
+        let committed = consumer.committed_offsets(inputs, TXN_TIMEOUT).map_err(PipelineError::Rewind)?;
+        let mut positions = Vec::new();
+        for e in committed.elements() {
+            let (seek_to, pos) = match e.offset() {
+                Offset::Offset(o) => (Offset::Offset(o), Some(o)),
+                _ => (Offset::Beginning, None),
+            };
+            consumer.seek(e.topic(), e.partition(), seek_to, TXN_TIMEOUT).map_err(PipelineError::Rewind)?;
+            positions.push((e.topic().to_owned(), e.partition(), pos));
+        }
+        self.shared.rewound(&positions);
+        info!(tasks = ?tasks, "rolled back to the last committed transaction");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opaque_carries_epoch_and_latency_origin() {
+        let o = opaque(5, Some(1_764_000_000_123));
+        assert_eq!(epoch_of(o), 5);
+        assert_eq!(o as u64 & LOW48, 1_764_000_000_124);
+        let o = opaque(EPOCHS as u64 + 7, None);
+        assert_eq!((epoch_of(o), o as u64 & LOW48), (7, 0));
+    }
+}
