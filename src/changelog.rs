@@ -32,10 +32,10 @@
 /// Current version of the record format.
 pub const VERSION: u8 = 1;
 
-const QUALIFIED: u8 = 1;
-const HAS_UNGROUPED: u8 = 2;
-const HAS_FIXED: u8 = 4;
-const HAS_ATTRIBUTES: u8 = 8;
+pub(crate) const QUALIFIED: u8 = 1;
+pub(crate) const HAS_UNGROUPED: u8 = 2;
+pub(crate) const HAS_FIXED: u8 = 4;
+pub(crate) const HAS_ATTRIBUTES: u8 = 8;
 
 /// A profile attribute value (only attributes that fit rules read are kept).
 #[derive(Debug, Clone, PartialEq)]
@@ -104,7 +104,7 @@ impl ChangelogError {
     }
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn put_str(out: &mut Vec<u8>, s: &str) {
     // Names come from the model; ids and values from events (at most 64 KiB by max_event_bytes
     // for values, which get a u32 length).
     let len = u16::try_from(s.len()).unwrap_or(u16::MAX);
@@ -112,7 +112,7 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&s.as_bytes()[..len as usize]);
 }
 
-fn count16(n: usize) -> [u8; 2] {
+pub(crate) fn count16(n: usize) -> [u8; 2] {
     u16::try_from(n).expect("at most 64 columns or attributes").to_le_bytes()
 }
 

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use leadscore::changelog::decode_record;
+use leadscore::changelog::{decode_record, encode_record};
 use leadscore::engine::{Applied, Engine, Transition};
 use leadscore::event::{decode, DecodeOptions};
 use leadscore::generate::{GenerateOptions, Generator};
@@ -78,7 +78,17 @@ fn a_restored_engine_continues_exactly_like_the_original() {
         for (i, l) in lines[..split].iter().enumerate() {
             step(&mut writer, l, &mut ignored);
             if i % 50 == 49 {
+                let from = log.len();
                 writer.drain_changelog(|id, v| log.push((id.to_owned(), v.map(<[u8]>::to_vec))));
+                // The engine writes records straight from its state: they must be exactly the
+                // encoding of the state it exports.
+                for (id, v) in &log[from..] {
+                    if let Some(v) = v {
+                        let mut expected = Vec::new();
+                        encode_record(&writer.export_lead(id).expect("a lead with a record is tracked"), &mut expected);
+                        assert_eq!(v, &expected, "record of {id}");
+                    }
+                }
             }
         }
         writer.drain_changelog(|id, v| log.push((id.to_owned(), v.map(<[u8]>::to_vec))));

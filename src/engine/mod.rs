@@ -235,6 +235,8 @@ struct Journal {
     /// Leads `forget_after` removed: tombstones.
     removed: Vec<Box<str>>,
     buf: Vec<u8>,
+    /// Scratch: a lead's event ids, sorted for its record.
+    ids: Vec<(u64, i64)>,
 }
 
 /// Columns of a lead's row: the ungrouped total, the group totals, `fixed`, `fit`, one packed

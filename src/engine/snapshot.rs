@@ -51,6 +51,7 @@ impl Engine {
         let removed = std::mem::take(&mut journal.removed);
         let dirty = std::mem::take(&mut journal.dirty);
         let mut buf = std::mem::take(&mut journal.buf);
+        let mut journal_ids = std::mem::take(&mut journal.ids);
         for id in &removed {
             out(id, None);
         }
@@ -65,7 +66,7 @@ impl Engine {
                 continue;
             }
             buf.clear();
-            encode_record(&self.export_slot(slot), &mut buf);
+            self.encode_slot(slot, &mut buf, &mut journal_ids);
             out(self.store.id(slot), Some(&buf));
         }
         let journal = self.journal.as_mut().expect("journal");
@@ -75,6 +76,91 @@ impl Engine {
         journal.dirty = dirty;
         journal.dirty.clear();
         journal.buf = buf;
+        journal.ids = journal_ids;
+    }
+
+    /// The changelog record of a lead, byte for byte `encode_record(&self.export_slot(slot))`,
+    /// written straight from the engine's state: a commit writes one per lead changed in the
+    /// interval, so it must not allocate (`ids` is scratch).
+    fn encode_slot(&self, slot: u32, out: &mut Vec<u8>, ids: &mut Vec<(u64, i64)>) {
+        use crate::changelog::{count16, put_str, HAS_ATTRIBUTES, HAS_FIXED, HAS_UNGROUPED, QUALIFIED, VERSION};
+        let core = &self.store.cores[slot as usize];
+        let (mask, _) = self.store.row(slot);
+        let has = |col: usize| mask & (1 << col) != 0;
+        let model = &self.model;
+        let attrs = match self.attrs.get(slot as usize) {
+            Some(Some(a)) => Some(a),
+            _ => None,
+        };
+        out.push(VERSION);
+        out.extend_from_slice(&core.tau.to_le_bytes());
+        out.extend_from_slice(&core.last_at.to_le_bytes());
+        out.extend_from_slice(&core.transitions.to_le_bytes());
+        let mut flags = 0;
+        if core.qualified() {
+            flags |= QUALIFIED;
+        }
+        if has(COL_UNGROUPED) {
+            flags |= HAS_UNGROUPED;
+        }
+        if has(self.col_fixed) {
+            flags |= HAS_FIXED;
+        }
+        if attrs.is_some() {
+            flags |= HAS_ATTRIBUTES;
+        }
+        out.push(flags);
+        for col in [COL_UNGROUPED, self.col_fixed] {
+            if has(col) {
+                out.extend_from_slice(&self.store.get(slot, col, 0).to_le_bytes());
+            }
+        }
+        let groups = (0..self.n_groups).filter(|&g| has(COL_GROUPS + g));
+        out.extend_from_slice(&count16(groups.clone().count()));
+        for g in groups {
+            put_str(out, &model.groups[g].name);
+            out.extend_from_slice(&self.store.get(slot, COL_GROUPS + g, 0).to_le_bytes());
+        }
+        let limits = (0..model.rules.len()).filter(|&r| self.limit_col[r] != usize::MAX && has(self.limit_col[r]));
+        out.extend_from_slice(&count16(limits.clone().count()));
+        for r in limits {
+            let packed = self.store.get(slot, self.limit_col[r], NO_WINDOW);
+            put_str(out, &model.rules[r].id);
+            out.extend_from_slice(&(packed >> 16).to_le_bytes());
+            out.extend_from_slice(&((packed & 0xffff) as u16).to_le_bytes());
+        }
+        if let Some(attrs) = attrs {
+            out.extend_from_slice(&count16(attrs.len()));
+            for (name, value) in self.attr_names.iter().zip(attrs.iter()) {
+                put_str(out, name);
+                match value {
+                    None => out.push(0),
+                    Some(Attr::Str(s)) => {
+                        out.push(1);
+                        out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+                        out.extend_from_slice(s.as_bytes());
+                    }
+                    Some(Attr::Num(n)) => {
+                        out.push(2);
+                        out.extend_from_slice(&n.to_bits().to_le_bytes());
+                    }
+                    Some(Attr::Bool(b)) => {
+                        out.push(3);
+                        out.push(u8::from(*b));
+                    }
+                    Some(Attr::Composite) => out.push(4),
+                }
+            }
+        }
+        let oldest = core.tau.saturating_sub(model.dedup_window_ms);
+        ids.clear();
+        ids.extend(self.store.ids_entries(slot).filter(|e| e[1] >= oldest).map(|e| (e[0] as u64, e[1])));
+        ids.sort_unstable();
+        out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+        for (hash, clock) in ids.iter() {
+            out.extend_from_slice(&hash.to_le_bytes());
+            out.extend_from_slice(&clock.to_le_bytes());
+        }
     }
 
     /// A lead's whole state, as its changelog record holds it; `None` for a lead not in state.
