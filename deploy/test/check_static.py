@@ -97,7 +97,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--validate-bin", required=True)
     ap.add_argument("--bin", required=True, help="the locally built leadscore binary (for ldd)")
-    ap.add_argument("--k8s-validate", required=True, help="the kubernetes-validate command")
+    ap.add_argument("--k8s-validate", default=f"{sys.executable} -m kubernetes_validate",
+                    help="the kubernetes-validate command (default: this Python's module)")
     ap.add_argument("--workdir", required=True)
     args = ap.parse_args()
     c = Checks("static")

@@ -140,7 +140,7 @@ def main():
     ap.add_argument("--validate-bin", required=True, help="deploy/test/validate, built")
     args = ap.parse_args()
 
-    c = Checks("live prometheus")
+    c = Checks("live-prometheus")
     kids = Children(args.workdir)
     try:
         run(c, kids, args)
