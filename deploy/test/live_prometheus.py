@@ -31,6 +31,8 @@ the consumer's committed offset, which transactional offset commits never update
 group it stays unknown (-1) and no series is exported; after a restart it is frozen at the offset
 committed before the restart, so the exported lag grows with every record produced, however well
 the instance keeps up. Both are reported as skipped (known defect) until fixed, then as passed.
+Until then the lag recording rule (and so LeadscoreConsumerLagGrowing) and the dashboard's lag
+panels count at_least_once instances only.
 """
 
 import argparse
@@ -75,7 +77,9 @@ LAG_DEFECT = ("under exactly_once leadscore_consumer_lag_records is wrong: librd
               "is the high watermark minus the consumer's committed offset, which transactional "
               "offset commits never update (unknown with a fresh group, frozen at the last "
               "pre-restart commit after a restart); src/pipeline/mod.rs Rebalancing::stats should "
-              "use the partition's ls_offset - app_offset")
+              "use the partition's ls_offset - app_offset. Once fixed, drop the at_least_once guard "
+              "(`and on (instance) ...{mode=\"at_least_once\"}`) of job:leadscore_consumer_lag_records:sum "
+              "and of the dashboard's lag panels")
 
 
 # --- reading the dashboard and the rules ---------------------------------------------------------
