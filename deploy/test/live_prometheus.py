@@ -270,7 +270,8 @@ def start_prometheus(c, s):
 
 
 def wait_warmed_up(c, s):
-    """Traffic scored on both instances, transitions and their latency, aborts on B, and 20 scrapes
+    """Traffic scored on both instances, transitions and their latency, 6 aborts on B (so that
+    LeadscoreTransactionsAborting, more than 3 in 10 minutes, holds with margin), and 20 scrapes
     of each instance; then one more rule evaluation, so recorded series exist."""
 
     def warmed_up():
@@ -279,7 +280,7 @@ def wait_warmed_up(c, s):
         both = metric_sum(a, "leadscore_tracked_leads") > 0 and metric_sum(b, "leadscore_tracked_leads") > 0
         scrapes = s.prom.query('count_over_time(up{job="leadscore"}[1m]) >= 20')
         return (total("leadscore_transitions_total") > 0 and total("leadscore_transition_latency_seconds_count") > 0
-                and metric_sum(b, "leadscore_commits_total", result="aborted") >= 2 and both and len(scrapes) == 2)
+                and metric_sum(b, "leadscore_commits_total", result="aborted") >= 6 and both and len(scrapes) == 2)
 
     ok = wait_until("traffic, transitions, aborts on B and 20 scrapes of each instance", 90, warmed_up, 1)
     c.must(ok, "both instances score leads and publish transitions; B aborts transactions; 20 scrapes each",
