@@ -22,7 +22,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "test"))
-from common import REPO, Children, TestKafka, free_port, http_get, metric_sum, parse_metrics, wait_until  # noqa: E402
+from common import (REPO, Children, TestKafka, child_env, free_port, http_get, metric_sum,  # noqa: E402
+                    parse_metrics, wait_until)
 
 
 def proc_kib(pid, field):
@@ -106,7 +107,7 @@ def main():
         topics = kafka.create({"events": 6, "qualified": 6, "dlq": 1})
         subprocess.run([args.bin, "generate", "--brokers", args.bootstrap, "--topic", topics["events"],
                         "--rate", "1e9", "--leads", str(args.leads), "--count", str(args.events), "--seed", "1"],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                       check=True, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         env = env_for(kafka, topics, port)
         consumed = phase(kids, args, env, url, "consume", lambda n, _: n >= args.events, idle)
         print(json.dumps(consumed), flush=True)

@@ -121,6 +121,13 @@ def metric_sum(samples, name, **match):
     return sum(v for n, l, v in samples if n == name and all(l.get(k) == x for k, x in match.items()))
 
 
+def child_env():
+    """This process's environment without LEADSCORE_* variables: leadscore refuses those it does
+    not know, so none of the caller's (LEADSCORE_BIN, a developer's LEADSCORE_LOG) reach a child;
+    only those a test sets."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("LEADSCORE_")}
+
+
 class Children:
     """Child processes, each with its own log file; all stopped on exit (SIGTERM, then SIGKILL)."""
 
@@ -134,7 +141,7 @@ class Children:
 
     def start(self, name, argv, env=None, cwd=REPO):
         log = open(os.path.join(self.logdir, f"{name}.log"), "wb")
-        full_env = dict(os.environ)
+        full_env = child_env()
         full_env.update(env or {})
         p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                              env=full_env, cwd=cwd)
