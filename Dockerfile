@@ -24,11 +24,14 @@ COPY src ./src
 COPY benches ./benches
 COPY examples ./examples
 # The registry and target directories are BuildKit caches: a rebuild after a source change
-# recompiles leadscore only, not its ~300 dependencies.
+# recompiles leadscore only, not its ~300 dependencies. The release profile keeps line tables
+# (debug = 1, for profiling); the image drops them but keeps the symbols, so a panic's backtrace
+# still names functions: 42 MB -> 9 MB.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin leadscore \
- && install -D -m 0755 target/release/leadscore /out/leadscore
+ && install -D -m 0755 target/release/leadscore /out/leadscore \
+ && strip --strip-debug /out/leadscore
 
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
 RUN apt-get update \

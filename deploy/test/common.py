@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
@@ -120,6 +121,13 @@ def metric_sum(samples, name, **match):
     return sum(v for n, l, v in samples if n == name and all(l.get(k) == x for k, x in match.items()))
 
 
+def child_env():
+    """This process's environment without LEADSCORE_* variables: leadscore refuses those it does
+    not know, so none of the caller's (LEADSCORE_BIN, a developer's LEADSCORE_LOG) reach a child;
+    only those a test sets."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("LEADSCORE_")}
+
+
 class Children:
     """Child processes, each with its own log file; all stopped on exit (SIGTERM, then SIGKILL)."""
 
@@ -133,7 +141,7 @@ class Children:
 
     def start(self, name, argv, env=None, cwd=REPO):
         log = open(os.path.join(self.logdir, f"{name}.log"), "wb")
-        full_env = dict(os.environ)
+        full_env = child_env()
         full_env.update(env or {})
         p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                              env=full_env, cwd=cwd)
@@ -195,3 +203,70 @@ class Prometheus:
 def die(msg):
     print(f"error: {msg}", file=sys.stderr, flush=True)
     sys.exit(2)
+
+
+class TestKafka:
+    """The topics and consumer groups one test uses on the shared broker: every name starts with a
+    unique tag, and everything is deleted at the end (topics leadscore created itself included)."""
+
+    def __init__(self, bootstrap, prefix):
+        from confluent_kafka.admin import AdminClient
+        self.bootstrap = bootstrap
+        self.admin = AdminClient({"bootstrap.servers": bootstrap})
+        self.tag = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        self.topics = set()
+        self.groups = set()
+
+    def name(self, suffix):
+        return f"{self.tag}-{suffix}"
+
+    def create(self, partitions):
+        """Creates {suffix: partition count} topics (replication 1); returns {suffix: name}."""
+        from confluent_kafka.admin import NewTopic
+        names = {suffix: self.name(suffix) for suffix in partitions}
+        self.topics |= set(names.values())
+        new = [NewTopic(names[s], n, 1) for s, n in partitions.items()]
+        for f in self.admin.create_topics(new, operation_timeout=30).values():
+            f.result(timeout=60)
+        return names
+
+    def group(self, suffix="group"):
+        g = self.name(suffix)
+        self.groups |= {g, f"{g}-restore"}
+        return g
+
+    def owned_by_service(self, *suffixes):
+        """Names of topics leadscore creates itself (state, repartition), deleted at the end too."""
+        names = [self.name(s) for s in suffixes]
+        self.topics |= set(names)
+        return names
+
+    def true_lag(self, group, topic):
+        """Records behind for the group on the topic, from the broker: high watermark minus the
+        committed offset (transactional commits included), summed over partitions."""
+        from confluent_kafka import Consumer, TopicPartition
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": group,
+                             "enable.auto.commit": False})
+        try:
+            meta = self.admin.list_topics(topic, timeout=10).topics[topic]
+            tps = [TopicPartition(topic, p) for p in meta.partitions]
+            total = 0
+            for tp in consumer.committed(tps, timeout=10):
+                high = consumer.get_watermark_offsets(tp, timeout=10)[1]
+                total += high - (tp.offset if tp.offset >= 0 else 0)
+            return total
+        finally:
+            consumer.close()
+
+    def cleanup(self):
+        """Deletes what the test made; a topic or group that never came to exist is fine."""
+        futures = {}
+        if self.topics:
+            futures.update(self.admin.delete_topics(sorted(self.topics), operation_timeout=30))
+        if self.groups:
+            futures.update(self.admin.delete_consumer_groups(sorted(self.groups), request_timeout=30))
+        for f in futures.values():
+            try:
+                f.result(timeout=60)
+            except Exception:  # unknown topic or group: nothing to delete
+                pass

@@ -10,11 +10,14 @@ two real leadscore instances in one consumer group on a real Kafka broker, fed b
 - the dashboard's template variables list the model and both instances;
 - the KPI as Prometheus computes it equals the instances' own sum(score_sum) / sum(tracked_leads);
 - alerts: instance B runs with LEADSCORE_TEST_ABORT_EVERY (the service's test hook that aborts
-  every Nth transaction), so LeadscoreTransactionsAborting must go pending for B and for B only
-  while every other alert stays quiet; after B is killed, LeadscoreInstanceDown must go pending
-  for B, and the dashboard's alert table must show it;
+  every Nth transaction), so LeadscoreTransactionsAborting must match B and only B while every
+  other alert stays quiet; after B is killed, LeadscoreInstanceDown must go pending for B, and
+  the dashboard's alert table must show it;
 - the image's HEALTHCHECK command (read from the Dockerfile through BuildKit's parser) passes
-  against a running instance and fails against a dead port and a server without /healthz.
+  against a running instance and fails against a dead port and a server without /healthz;
+- consumer lag: after B restarts under traffic, the lag each instance exports equals the lag the
+  broker reports for the group (end offsets minus committed offsets), within the alert's
+  threshold.
 
 Instance A runs on deploy/compose/leadscore.toml, instance B on the leadscore.toml of
 deploy/k8s/configmap.yaml (both with LEADSCORE_* overrides for the local broker, the test's own
@@ -22,11 +25,14 @@ topic and group names, and ports), so both shipped configs are proven to load. A
 at_least_once and B exactly_once (the default), so both commit paths feed the dashboard; they
 share one group, input and state as any two instances do.
 
-Known defect (src/pipeline/mod.rs, `Rebalancing::stats`): under exactly_once,
-leadscore_consumer_lag_records is never exported, because librdkafka's `consumer_lag` is computed
-from the consumer's committed offset, which transactional offset commits do not update (it stays
--1). The lag panels and rules are therefore proven on A's series; B's missing series is reported
-as a known defect (skipped) until it is fixed, then as passed.
+Known defect (src/pipeline/mod.rs, `Rebalancing::stats`): under exactly_once the exported
+leadscore_consumer_lag_records is wrong. librdkafka's `consumer_lag` is the high watermark minus
+the consumer's committed offset, which transactional offset commits never update: with a fresh
+group it stays unknown (-1) and no series is exported; after a restart it is frozen at the offset
+committed before the restart, so the exported lag grows with every record produced, however well
+the instance keeps up. Both are reported as skipped (known defect) until fixed, then as passed.
+Until then the lag recording rule (and so LeadscoreConsumerLagGrowing) and the dashboard's lag
+panels count at_least_once instances only.
 """
 
 import argparse
@@ -38,13 +44,12 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 
 import yaml
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import (REPO, Abort, Checks, Children, Prometheus, free_port, http_get,  # noqa: E402
-                    metric_sum, parse_metrics, wait_until)
+from common import (REPO, Abort, Checks, Children, Prometheus, TestKafka, free_port,  # noqa: E402
+                    http_get, metric_sum, parse_metrics, wait_until)
 
 DASHBOARD = os.path.join(REPO, "deploy/grafana/dashboards/leadscore.json")
 PROM_CONFIG = os.path.join(REPO, "deploy/prometheus/prometheus.yml")
@@ -57,6 +62,8 @@ SCRAPE_S = 1
 RATE_INTERVAL = "15s"  # what Grafana's $__rate_interval would be with enough samples
 ABORT_EVERY = 40       # instance B aborts every 40th transaction (about every 4 s under load)
 PARTITIONS = 4
+RATE = 500             # generated events per second
+LAG_THRESHOLD = 1000   # LeadscoreConsumerLagGrowing's threshold, in records
 
 # Metrics that exist only after an event that a healthy run does not have. A selector of one of
 # these may return nothing; its name must then be registered in src/metrics.rs.
@@ -66,10 +73,16 @@ MAY_BE_ABSENT = {
 # Metrics that not every instance exports yet (see the known defect above): their expressions
 # may cover a subset of the instances.
 NOT_ON_EVERY_INSTANCE = {"leadscore_consumer_lag_records"}
-LAG_DEFECT = ("under exactly_once leadscore_consumer_lag_records is never exported: librdkafka's "
-              "consumer_lag is -1 because transactional offset commits do not set the consumer's "
-              "committed offset (src/pipeline/mod.rs Rebalancing::stats; use ls_offset - app_offset)")
+LAG_DEFECT = ("under exactly_once leadscore_consumer_lag_records is wrong: librdkafka's consumer_lag "
+              "is the high watermark minus the consumer's committed offset, which transactional "
+              "offset commits never update (unknown with a fresh group, frozen at the last "
+              "pre-restart commit after a restart); src/pipeline/mod.rs Rebalancing::stats should "
+              "use the partition's ls_offset - app_offset. Once fixed, drop the at_least_once guard "
+              "(`and on (instance) ...{mode=\"at_least_once\"}`) of job:leadscore_consumer_lag_records:sum "
+              "and of the dashboard's lag panels")
 
+
+# --- reading the dashboard and the rules ---------------------------------------------------------
 
 def dashboard_queries(dash):
     """(where, expr) of every panel target, rows' nested panels included."""
@@ -113,8 +126,7 @@ def rule_entries():
         if name.endswith((".yml", ".yaml")):
             with open(os.path.join(RULES_DIR, name)) as f:
                 for g in yaml.safe_load(f)["groups"]:
-                    for r in g["rules"]:
-                        out.append(r)
+                    out.extend(g["rules"])
     return out
 
 
@@ -126,10 +138,387 @@ def k8s_leadscore_toml():
 def dockerfile_healthcheck(validate_bin):
     out = subprocess.run([validate_bin, "dockerfile", os.path.join(REPO, "Dockerfile")],
                          check=True, capture_output=True, text=True).stdout
-    doc = json.loads(out)
-    final = doc["stages"][-1]
+    final = json.loads(out)["stages"][-1]
     checks = [i["command"]["Health"]["Test"] for i in final["instructions"] if i["name"] == "HEALTHCHECK"]
     return checks[-1] if checks else None
+
+
+# --- what runs -------------------------------------------------------------------------------------
+
+class Stack:
+    """Two leadscore instances (a: compose config, at_least_once; b: Kubernetes config,
+    exactly_once, aborting on purpose), the generator and Prometheus, all children of `kids`."""
+
+    def __init__(self, c, kids, kafka, args):
+        self.c, self.kids, self.kafka, self.args = c, kids, kafka, args
+        self.topics = kafka.create({"events": PARTITIONS, "qualified": 2, "dlq": 1})
+        kafka.owned_by_service("state", "repartition")
+        self.group = kafka.group()
+        self.ports = {"a": free_port(), "b": free_port(), "prom": free_port()}
+        self.inst = {n: {"addr": f"127.0.0.1:{self.ports[n]}"} for n in ("a", "b")}
+        for n, i in self.inst.items():
+            i["url"] = f"http://{i['addr']}"
+        k8s_config = os.path.join(args.workdir, "k8s-leadscore.toml")
+        with open(k8s_config, "w") as f:
+            f.write(k8s_leadscore_toml())
+        self.inst["a"]["config"], self.inst["a"]["what"] = COMPOSE_CONFIG, "deploy/compose/leadscore.toml"
+        self.inst["b"]["config"], self.inst["b"]["what"] = k8s_config, "deploy/k8s/configmap.yaml leadscore.toml"
+        self.gen = None
+        self.prom = Prometheus(f"http://127.0.0.1:{self.ports['prom']}")
+        self.instances = {i["addr"] for i in self.inst.values()}
+
+    def env(self, name):
+        addr = self.inst[name]["addr"]
+        env = {
+            "LEADSCORE_KAFKA_BROKERS": self.args.bootstrap,
+            "LEADSCORE_KAFKA_GROUP_ID": self.group,
+            "LEADSCORE_KAFKA_INPUT_TOPICS": self.topics["events"],
+            "LEADSCORE_KAFKA_OUTPUT_TOPIC": self.topics["qualified"],
+            "LEADSCORE_KAFKA_DEAD_LETTER_TOPIC": self.topics["dlq"],
+            "LEADSCORE_KAFKA_STATE_TOPIC": self.kafka.name("state"),
+            "LEADSCORE_KAFKA_REPARTITION_TOPIC": self.kafka.name("repartition"),
+            "LEADSCORE_KAFKA_TRANSACTIONAL_ID": self.kafka.name(name),
+            "LEADSCORE_HTTP_LISTEN": addr,
+            "LEADSCORE_HTTP_ADVERTISE": f"http://{addr}",
+            "LEADSCORE_MODEL_PATH": MODEL,
+            "LEADSCORE_LOG": "warn",
+        }
+        if name == "a":
+            env["LEADSCORE_KAFKA_PROCESSING_GUARANTEE"] = "at_least_once"
+        else:
+            env["LEADSCORE_TEST_ABORT_EVERY"] = str(ABORT_EVERY)
+        return env
+
+    def start_instance(self, name):
+        i = self.inst[name]
+        i["proc"] = self.kids.start(f"leadscore-{name}", [self.args.bin, "run", "--config", i["config"]],
+                                    env=self.env(name))
+
+    def wait_ready(self, name, what):
+        i = self.inst[name]
+        ok = wait_until(f"instance {name} ready", 60,
+                        lambda: http_get(i["url"] + "/readyz")[0] == 200 or i["proc"].poll() is not None)
+        self.c.must(ok and i["proc"].poll() is None, what, self.kids.log_tail(i["proc"]))
+
+    def start_generator(self, seed):
+        self.gen = self.kids.start(f"generate-{seed}", [
+            self.args.bin, "generate", "--brokers", self.args.bootstrap, "--topic", self.topics["events"],
+            "--rate", str(RATE), "--leads", "2000", "--seed", str(seed)])
+
+    def stop_generator(self):
+        self.kids.stop(self.gen, signal.SIGINT, timeout_s=15)
+
+    def direct(self, name):
+        """The instance's own /metrics, parsed."""
+        status, body = http_get(self.inst[name]["url"] + "/metrics")
+        if status != 200:
+            raise RuntimeError(f"/metrics of {name}: {status}")
+        return parse_metrics(body)
+
+    def alerts(self):
+        return [a for a in self.prom.get("/api/v1/alerts")["alerts"]
+                if a["labels"]["alertname"].startswith("Leadscore")]
+
+
+# --- phases ----------------------------------------------------------------------------------------
+
+def start_instances(c, s):
+    for name in ("a", "b"):
+        s.start_instance(name)
+    for name in ("a", "b"):
+        s.wait_ready(name, f"instance {name} ({s.inst[name]['what']}) runs and is ready")
+
+
+def prometheus_variant(c, s):
+    """The repository's scrape config with local targets and 1-second intervals; the rule files are
+    the repository's own, by absolute path. Returns the variant's path."""
+    with open(PROM_CONFIG) as f:
+        cfg = yaml.safe_load(f)
+    for key in ("scrape_interval", "scrape_timeout", "evaluation_interval"):
+        cfg["global"][key] = f"{SCRAPE_S}s"
+    cfg["rule_files"] = [os.path.join(os.path.dirname(PROM_CONFIG), r) for r in cfg["rule_files"]]
+    jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
+    c.must("leadscore" in jobs, "the scrape config has a job named leadscore")
+    jobs["leadscore"]["static_configs"] = [{"targets": sorted(s.instances)}]
+    if "prometheus" in jobs:
+        jobs["prometheus"]["static_configs"] = [{"targets": [f"127.0.0.1:{s.ports['prom']}"]}]
+    variant = os.path.join(s.args.workdir, "prometheus.yml")
+    with open(variant, "w") as f:
+        yaml.safe_dump(cfg, f, sort_keys=False)
+    r = subprocess.run(["promtool", "check", "config", variant], capture_output=True, text=True)
+    c.check(r.returncode == 0, "promtool check config passes on the local variant", r.stdout + r.stderr)
+    return variant
+
+
+def start_prometheus(c, s):
+    variant = prometheus_variant(c, s)
+    proc = s.kids.start("prometheus", [
+        "prometheus", f"--config.file={variant}", f"--storage.tsdb.path={os.path.join(s.args.workdir, 'tsdb')}",
+        f"--web.listen-address=127.0.0.1:{s.ports['prom']}", "--log.level=warn"])
+    ok = wait_until("Prometheus ready", 30, lambda: http_get(s.prom.base + "/-/ready")[0] == 200)
+    c.must(ok, "Prometheus starts on the config", s.kids.log_tail(proc))
+    loaded = [r for g in s.prom.get("/api/v1/rules")["groups"] for r in g["rules"]]
+    c.check(len(loaded) == len(rule_entries()),
+            f"Prometheus loaded all {len(rule_entries())} rules of deploy/prometheus/rules/", str(len(loaded)))
+
+    def targets_up():
+        active = s.prom.get("/api/v1/targets")["activeTargets"]
+        ls = [t for t in active if t["labels"].get("job") == "leadscore"]
+        return len(ls) == 2 and all(t["health"] == "up" for t in ls)
+
+    c.must(wait_until("both leadscore targets up", 30, targets_up), "Prometheus scrapes both instances (up)")
+
+
+def wait_warmed_up(c, s):
+    """Traffic scored on both instances, transitions and their latency, 6 aborts on B (so that
+    LeadscoreTransactionsAborting, more than 3 in 10 minutes, holds with margin), and 20 scrapes
+    of each instance; then one more rule evaluation, so recorded series exist."""
+
+    def warmed_up():
+        a, b = s.direct("a"), s.direct("b")
+        total = lambda name: metric_sum(a, name) + metric_sum(b, name)  # noqa: E731
+        both = metric_sum(a, "leadscore_tracked_leads") > 0 and metric_sum(b, "leadscore_tracked_leads") > 0
+        scrapes = s.prom.query('count_over_time(up{job="leadscore"}[1m]) >= 20')
+        return (total("leadscore_transitions_total") > 0 and total("leadscore_transition_latency_seconds_count") > 0
+                and metric_sum(b, "leadscore_commits_total", result="aborted") >= 6 and both and len(scrapes) == 2)
+
+    ok = wait_until("traffic, transitions, aborts on B and 20 scrapes of each instance", 90, warmed_up, 1)
+    c.must(ok, "both instances score leads and publish transitions; B aborts transactions; 20 scrapes each",
+           s.kids.log_tail(s.inst["b"]["proc"]))
+    wait_until("recording rules evaluated", 15,
+               lambda: s.prom.query("job_model:leadscore_average_score:ratio") and
+               s.prom.query("job:leadscore_records_rejected_share:rate10m"))
+
+
+def model_names(s):
+    return sorted({l["model"] for n, l, v in s.direct("a") if n == "leadscore_tracked_leads"})
+
+
+def check_variables(c, s, dash, models):
+    for v in dash["templating"]["list"]:
+        if v.get("type") != "query":
+            continue
+        m = re.fullmatch(r"\s*label_values\((.+),\s*([a-zA-Z_]+)\)\s*", v["definition"])
+        if not c.check(m, f"variable ${v['name']} is a label_values() query", v["definition"]):
+            continue
+        series = s.prom.get("/api/v1/series", **{"match[]": substitute(m.group(1))})
+        values = {x.get(m.group(2)) for x in series} - {None}
+        want = {"model": set(models), "instance": s.instances}.get(v["name"])
+        c.check(values and (want is None or values == want),
+                f"variable ${v['name']} lists {sorted(values)}", f"expected {sorted(want or [])}")
+
+
+def expression_problems(s, expr, res, models):
+    """Why a dashboard expression's result is not what it should be (empty list: nothing)."""
+    problems = []
+    if not res:
+        problems.append("no series")
+    if any(not math.isfinite(v) for _, v in res):
+        problems.append(f"non-finite values {[(l, v) for l, v in res if not math.isfinite(v)]}")
+    got_inst = {l["instance"] for l, _ in res if "instance" in l}
+    # Every instance, unless the expression selects on another label's value (aborted commits
+    # exist on B only), or uses a metric that not every instance exports: then a subset.
+    filtered = any(k not in ("job", "instance", "model")
+                   for sel in selectors(expr) for k in re.findall(r"([a-zA-Z_]+)\s*(?:=~|!~|!=|=)", sel))
+    filtered = filtered or any(n in expr for n in NOT_ON_EVERY_INSTANCE)
+    if got_inst and not (got_inst <= s.instances if filtered else got_inst == s.instances):
+        problems.append(f"instances {sorted(got_inst)}")
+    got_models = {l["model"] for l, _ in res if "model" in l}
+    if got_models and got_models != set(models):
+        problems.append(f"models {sorted(got_models)}")
+    for sel in selectors(expr):
+        name = re.match(r"[A-Za-z0-9_:]+", sel).group(0)
+        if s.prom.query(sel):
+            continue
+        if name not in MAY_BE_ABSENT:
+            problems.append(f"selector {sel} matches no series")
+        elif f'"{name}"' not in open(os.path.join(REPO, "src/metrics.rs")).read():
+            problems.append(f"{name} is not registered in src/metrics.rs")
+    return problems
+
+
+def check_dashboard(c, s, dash, models):
+    """Every dashboard expression returns the expected series; returns the ALERTS expressions,
+    which are checked once an alert is pending."""
+    alerts_exprs = []
+    for where, expr in dashboard_queries(dash):
+        e = substitute(expr)
+        if "ALERTS" in e:
+            alerts_exprs.append((where, e))
+            continue
+        if re.search(r"\boffset\b", e):
+            # Compares with 1 hour or 1 day ago: no data that old yet. The same expression
+            # without the offsets must return data.
+            where, e = where + " (offsets removed)", strip_offsets(e)
+        try:
+            res = s.prom.query(e)
+        except Exception as err:  # a PromQL error is a failed check, not a crash
+            c.check(False, f"{where}: evaluates", str(err))
+            continue
+        problems = expression_problems(s, e, res, models)
+        c.check(not problems, f"{where}: {len(res)} series", "; ".join(problems) + f"\n        {e}")
+    lag_b = s.prom.query(f'leadscore_consumer_lag_records{{job="leadscore",instance="{s.inst["b"]["addr"]}"}}')
+    c.known_defect(lag_b, "instance B (exactly_once, fresh group) exports leadscore_consumer_lag_records", LAG_DEFECT)
+    le_direct = {l["le"] for n, l, v in s.direct("a") if n == "leadscore_leads_by_score"}
+    le_prom = {l["le"] for l, _ in s.prom.query('sum by (le) (leadscore_leads_by_score{job="leadscore"})')}
+    c.check(le_direct and le_direct == le_prom, f"score distribution has the service's {len(le_direct)} buckets")
+    return alerts_exprs
+
+
+def check_rules(c, s):
+    """Every rule expression evaluates with non-empty selectors: recording rules give finite
+    series, alerts are quiet on the healthy pair, except LeadscoreTransactionsAborting for B."""
+    for r in rule_entries():
+        e, name = r["expr"], r.get("alert") or r.get("record")
+        try:
+            res = s.prom.query(e)
+        except Exception as err:
+            c.check(False, f"rule {name}: evaluates", str(err))
+            continue
+        missing = [sel for sel in selectors(e) if not s.prom.query(sel)]
+        c.check(not missing, f"rule {name}: every selector matches series", f"empty: {missing}")
+        if "record" in r:
+            c.check(res and all(math.isfinite(v) for _, v in res),
+                    f"recording rule {name}: {len(res)} series, finite", str(res))
+        elif name == "LeadscoreTransactionsAborting":
+            got = sorted(l.get("instance") for l, _ in res)
+            c.check(got == [s.inst["b"]["addr"]], f"alert {name}: matches instance B only (B aborts on purpose)",
+                    str(res))
+        else:
+            c.check(not res, f"alert {name}: quiet on the healthy pair", str(res))
+    ok = wait_until("LeadscoreTransactionsAborting pending for B", 15,
+                    lambda: any(a["labels"]["alertname"] == "LeadscoreTransactionsAborting" for a in s.alerts()))
+    active = [(a["labels"]["alertname"], a["labels"].get("instance"), a["state"]) for a in s.alerts()]
+    c.check(ok and active and all(n == "LeadscoreTransactionsAborting" and i == s.inst["b"]["addr"]
+                                  for n, i, _ in active),
+            "Prometheus' rule engine: LeadscoreTransactionsAborting active for B, no other alert", str(active))
+
+
+def consumed(s, name):
+    m = s.direct(name)
+    return metric_sum(m, "leadscore_events_total") + metric_sum(m, "leadscore_events_rejected_total")
+
+
+def check_kpi(c, s, dash):
+    """With the generator stopped and everything consumed, the KPI through Prometheus (the
+    dashboard's expression and the recording rule) equals the instances' own average."""
+    s.stop_generator()
+
+    def settled():
+        before = [consumed(s, n) for n in ("a", "b")]
+        time.sleep(2)
+        return before == [consumed(s, n) for n in ("a", "b")]
+
+    c.must(wait_until("both instances idle after the generator stopped", 40, settled, 0.5),
+           "the instances consume everything after the generator stops")
+    t0 = time.time()
+    ok = wait_until("a scrape of both instances after they settled", 15,
+                    lambda: len(s.prom.query(f'timestamp(leadscore_score_sum{{job="leadscore"}}) > {t0:.3f}')) == 2)
+    c.must(ok, "Prometheus scraped both settled instances")
+    a, b = s.direct("a"), s.direct("b")
+    total = lambda name: metric_sum(a, name) + metric_sum(b, name)  # noqa: E731
+    own = total("leadscore_score_sum") / total("leadscore_tracked_leads")
+    kpi_expr = next(e for w, e in dashboard_queries(dash) if "Average lead score (KPI)" in w)
+    kpi = s.prom.query(substitute(kpi_expr))
+    c.check(len(kpi) == 1 and abs(kpi[0][1] - own) <= 0.01,
+            f"KPI from Prometheus {kpi[0][1] if kpi else float('nan'):.4f} = instances' own {own:.4f} (within 0.01)",
+            str(kpi))
+    rec = s.prom.query("job_model:leadscore_average_score:ratio")
+    c.check(len(rec) == 1 and abs(rec[0][1] - own) <= 0.01,
+            f"recording rule job_model:leadscore_average_score:ratio = {own:.4f}", str(rec))
+    mean_of_means = (metric_sum(a, "leadscore_average_score") + metric_sum(b, "leadscore_average_score")) / 2
+    print(f"  (the mean of the two instance averages would be {mean_of_means:.4f})", flush=True)
+    for n, m in (("a", a), ("b", b)):
+        mine = metric_sum(m, "leadscore_average_score")
+        ratio = metric_sum(m, "leadscore_score_sum") / metric_sum(m, "leadscore_tracked_leads")
+        c.check(abs(mine - ratio) <= 1e-6 * max(1, abs(ratio)),
+                f"instance {n}: leadscore_average_score {mine:.4f} = score_sum / tracked_leads")
+    tracked = s.prom.query('sum(leadscore_tracked_leads{job="leadscore"})')
+    c.check(tracked and tracked[0][1] == total("leadscore_tracked_leads"), "tracked leads in Prometheus = the instances' sum")
+
+
+def check_healthcheck(c, s):
+    """The image's HEALTHCHECK command, run here against real endpoints."""
+    hc = dockerfile_healthcheck(s.args.validate_bin)
+    if not c.check(hc and hc[0] == "CMD", "the Dockerfile has an exec-form HEALTHCHECK", str(hc)):
+        return
+
+    def run_hc(listen):
+        env = dict(os.environ, LEADSCORE_HTTP_LISTEN=listen)
+        return subprocess.run(hc[1:], env=env, capture_output=True, timeout=10).returncode
+
+    c.check(run_hc(s.inst["a"]["addr"]) == 0, "HEALTHCHECK passes against a running instance's /healthz")
+    c.check(run_hc(f"127.0.0.1:{free_port()}") != 0, "HEALTHCHECK fails against a closed port")
+    c.check(run_hc(f"127.0.0.1:{s.ports['prom']}") != 0, "HEALTHCHECK fails against a server without /healthz (404)")
+
+
+def check_instance_down(c, s, alerts_exprs):
+    """B killed: LeadscoreInstanceDown goes pending for B alone, and the dashboard's alert table shows it."""
+    b = s.inst["b"]["addr"]
+    s.kids.stop(s.inst["b"]["proc"], signal.SIGKILL)
+    down = lambda a: a["labels"]["alertname"] == "LeadscoreInstanceDown"  # noqa: E731
+    ok = wait_until("LeadscoreInstanceDown pending for B", 20,
+                    lambda: any(down(a) and a["labels"].get("instance") == b for a in s.alerts()))
+    c.check(ok, "after B is killed, LeadscoreInstanceDown is pending for B", str(s.alerts()))
+    others = [a["labels"] for a in s.alerts() if down(a) and a["labels"].get("instance") != b]
+    c.check(not others, "LeadscoreInstanceDown stays quiet for A", str(others))
+    for where, e in alerts_exprs:
+        names = {(l.get("alertname"), l.get("instance")) for l, _ in s.prom.query(e)}
+        c.check(("LeadscoreInstanceDown", b) in names, f"{where}: shows the pending alert", str(names))
+
+
+def exported_lag(s, name):
+    """(reported, records behind) from the instance's /metrics; reported is False without a series."""
+    series = [v for n, l, v in s.direct(name) if n == "leadscore_consumer_lag_records"
+              and l.get("topic") == s.topics["events"]]
+    return bool(series), sum(series)
+
+
+def check_lag_after_restart(c, s):
+    """B restarts (same transactional id) under traffic: once it has consumed for a while, the lag
+    each instance exports for the input equals the broker's own lag of the group, within the
+    alert's threshold."""
+    s.start_instance("b")
+    s.wait_ready("b", "instance B restarts with its transactional id and gets ready")
+    ready_at = time.monotonic()
+    s.start_generator(seed=8)
+    start = consumed(s, "b")
+    # Three statistics intervals (5 s) of traffic after B got ready: a frozen lag has grown by then.
+    ok = wait_until("B consuming the new traffic for 15 s", 25,
+                    lambda: consumed(s, "b") > start + RATE and time.monotonic() > ready_at + 15, 0.5)
+    c.must(ok, "B consumes the new traffic after its restart")
+    broker = s.kafka.true_lag(s.group, s.topics["events"])
+    print(f"  (the broker's lag of the group: {broker} records)", flush=True)
+    for name, guarantee in (("a", "at_least_once"), ("b", "exactly_once")):
+        reported, lag = exported_lag(s, name)
+        what = (f"instance {name.upper()} ({guarantee}) exports a lag within {LAG_THRESHOLD} of the broker's "
+                f"({lag:.0f} exported, {broker} on the broker)")
+        good = reported and abs(lag - broker) <= LAG_THRESHOLD
+        if name == "a":
+            c.check(good, what)
+        else:
+            c.known_defect(good, what, LAG_DEFECT)
+
+
+def run(c, kids, kafka, args):
+    s = Stack(c, kids, kafka, args)
+    print(f"topics {kafka.tag}-*, group {s.group}, broker {args.bootstrap}", flush=True)
+    c.check(True, f"created topics {s.topics['events']} ({PARTITIONS} partitions), output and dead letters")
+    start_instances(c, s)
+    s.start_generator(seed=7)
+    start_prometheus(c, s)
+    wait_warmed_up(c, s)
+    models = model_names(s)
+    c.check(len(models) == 1, f"the instances export one model: {models}")
+    with open(DASHBOARD) as f:
+        dash = json.load(f)
+    check_variables(c, s, dash, models)
+    alerts_exprs = check_dashboard(c, s, dash, models)
+    check_rules(c, s)
+    check_kpi(c, s, dash)
+    check_healthcheck(c, s)
+    check_instance_down(c, s, alerts_exprs)
+    check_lag_after_restart(c, s)
 
 
 def main():
@@ -140,300 +529,17 @@ def main():
     ap.add_argument("--validate-bin", required=True, help="deploy/test/validate, built")
     args = ap.parse_args()
 
-    c = Checks("live prometheus")
+    c = Checks("live-prometheus")
     kids = Children(args.workdir)
+    kafka = TestKafka(args.bootstrap, "ops")
     try:
-        run(c, kids, args)
+        run(c, kids, kafka, args)
     except Abort as e:
         print(f"  stopping: {e}", flush=True)
     finally:
         kids.stop_all()
+        kafka.cleanup()
     return c.summary()
-
-
-def run(c, kids, args):
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    tag = f"ops-{uuid.uuid4().hex[:8]}"
-    topics = {"input": f"{tag}-events", "output": f"{tag}-qualified", "dlq": f"{tag}-dlq",
-              "state": f"{tag}-state", "repartition": f"{tag}-repartition"}
-    group = f"{tag}-group"
-    print(f"topics {tag}-*, group {group}, broker {args.bootstrap}", flush=True)
-
-    admin = AdminClient({"bootstrap.servers": args.bootstrap})
-    futures = admin.create_topics([NewTopic(topics["input"], PARTITIONS, 1),
-                                   NewTopic(topics["output"], 2, 1), NewTopic(topics["dlq"], 1, 1)],
-                                  operation_timeout=30)
-    for t, f in futures.items():
-        f.result(timeout=60)
-    c.check(True, f"created topics {topics['input']} ({PARTITIONS} partitions), output and dead letters")
-
-    with open(os.path.join(args.workdir, "k8s-leadscore.toml"), "w") as f:
-        f.write(k8s_leadscore_toml())
-
-    ports = {"a": free_port(), "b": free_port(), "prom": free_port()}
-    inst = {}
-    for name, config in (("a", COMPOSE_CONFIG), ("b", os.path.join(args.workdir, "k8s-leadscore.toml"))):
-        addr = f"127.0.0.1:{ports[name]}"
-        env = {
-            "LEADSCORE_KAFKA_BROKERS": args.bootstrap,
-            "LEADSCORE_KAFKA_GROUP_ID": group,
-            "LEADSCORE_KAFKA_INPUT_TOPICS": topics["input"],
-            "LEADSCORE_KAFKA_OUTPUT_TOPIC": topics["output"],
-            "LEADSCORE_KAFKA_DEAD_LETTER_TOPIC": topics["dlq"],
-            "LEADSCORE_KAFKA_STATE_TOPIC": topics["state"],
-            "LEADSCORE_KAFKA_REPARTITION_TOPIC": topics["repartition"],
-            "LEADSCORE_KAFKA_TRANSACTIONAL_ID": f"{tag}-{name}",
-            "LEADSCORE_HTTP_LISTEN": addr,
-            "LEADSCORE_HTTP_ADVERTISE": f"http://{addr}",
-            "LEADSCORE_MODEL_PATH": MODEL,
-            "LEADSCORE_LOG": "warn",
-        }
-        if name == "a":
-            env["LEADSCORE_KAFKA_PROCESSING_GUARANTEE"] = "at_least_once"
-        if name == "b":
-            env["LEADSCORE_TEST_ABORT_EVERY"] = str(ABORT_EVERY)
-        p = kids.start(f"leadscore-{name}", [args.bin, "run", "--config", config], env=env)
-        inst[name] = {"proc": p, "addr": addr, "url": f"http://{addr}", "config": config}
-
-    def ready(name):
-        return http_get(inst[name]["url"] + "/readyz")[0] == 200
-
-    for name in ("a", "b"):
-        ok = wait_until(f"instance {name} ready", 60, lambda: ready(name) or inst[name]["proc"].poll() is not None)
-        c.must(ok and inst[name]["proc"].poll() is None,
-               f"instance {name} ({os.path.relpath(inst[name]['config'], REPO) if name == 'a' else 'deploy/k8s/configmap.yaml leadscore.toml'}) runs and is ready",
-               kids.log_tail(inst[name]["proc"]))
-
-    gen = kids.start("generate", [args.bin, "generate", "--brokers", args.bootstrap, "--topic", topics["input"],
-                                  "--rate", "500", "--leads", "2000", "--seed", "7"])
-
-    # The repository's scrape config with local targets and short intervals; the rule files are
-    # the repository's own, by absolute path.
-    with open(PROM_CONFIG) as f:
-        cfg = yaml.safe_load(f)
-    cfg["global"]["scrape_interval"] = f"{SCRAPE_S}s"
-    cfg["global"]["scrape_timeout"] = f"{SCRAPE_S}s"
-    cfg["global"]["evaluation_interval"] = f"{SCRAPE_S}s"
-    cfg["rule_files"] = [os.path.join(os.path.dirname(PROM_CONFIG), r) for r in cfg["rule_files"]]
-    jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
-    c.must("leadscore" in jobs, "the scrape config has a job named leadscore")
-    jobs["leadscore"]["static_configs"] = [{"targets": [inst["a"]["addr"], inst["b"]["addr"]]}]
-    if "prometheus" in jobs:
-        jobs["prometheus"]["static_configs"] = [{"targets": [f"127.0.0.1:{ports['prom']}"]}]
-    variant = os.path.join(args.workdir, "prometheus.yml")
-    with open(variant, "w") as f:
-        yaml.safe_dump(cfg, f, sort_keys=False)
-    r = subprocess.run(["promtool", "check", "config", variant], capture_output=True, text=True)
-    c.check(r.returncode == 0, "promtool check config passes on the local variant", r.stdout + r.stderr)
-
-    prom_proc = kids.start("prometheus", [
-        "prometheus", f"--config.file={variant}", f"--storage.tsdb.path={os.path.join(args.workdir, 'tsdb')}",
-        f"--web.listen-address=127.0.0.1:{ports['prom']}", "--log.level=warn"])
-    prom = Prometheus(f"http://127.0.0.1:{ports['prom']}")
-    ok = wait_until("Prometheus ready", 30, lambda: http_get(prom.base + "/-/ready")[0] == 200)
-    c.must(ok, "Prometheus starts on the config", kids.log_tail(prom_proc))
-
-    rules = prom.get("/api/v1/rules")
-    loaded = [r for g in rules["groups"] for r in g["rules"]]
-    c.check(len(loaded) == len(rule_entries()),
-            f"Prometheus loaded all {len(rule_entries())} rules of deploy/prometheus/rules/", str(len(loaded)))
-
-    def targets_up():
-        active = prom.get("/api/v1/targets")["activeTargets"]
-        ls = [t for t in active if t["labels"].get("job") == "leadscore"]
-        return len(ls) == 2 and all(t["health"] == "up" for t in ls)
-
-    c.must(wait_until("both leadscore targets up", 30, targets_up), "Prometheus scrapes both instances (up)")
-
-    def direct(name):
-        status, body = http_get(inst[name]["url"] + "/metrics")
-        if status != 200:
-            raise RuntimeError(f"/metrics of {name}: {status}")
-        return parse_metrics(body)
-
-    def warmed_up():
-        a, b = direct("a"), direct("b")
-        transitions = metric_sum(a, "leadscore_transitions_total") + metric_sum(b, "leadscore_transitions_total")
-        aborted = metric_sum(b, "leadscore_commits_total", result="aborted")
-        latency = metric_sum(a, "leadscore_transition_latency_seconds_count") + \
-            metric_sum(b, "leadscore_transition_latency_seconds_count")
-        both = metric_sum(a, "leadscore_tracked_leads") > 0 and metric_sum(b, "leadscore_tracked_leads") > 0
-        scrapes = prom.query(f'count_over_time(up{{job="leadscore"}}[1m]) >= 20')
-        return transitions > 0 and aborted >= 2 and latency > 0 and both and len(scrapes) == 2
-
-    ok = wait_until("traffic, transitions, aborts on B and 20 scrapes of each instance", 90, warmed_up, 1)
-    c.must(ok, "both instances score leads and publish transitions; B aborts transactions; 20 scrapes each",
-           kids.log_tail(inst["b"]["proc"]))
-    # One more rule evaluation after the last condition, so recorded series exist.
-    wait_until("recording rules evaluated", 15,
-               lambda: prom.query("job_model:leadscore_average_score:ratio") and
-               prom.query("job:leadscore_records_rejected_share:rate10m"))
-
-    model_name = direct("a")
-    model_name = sorted({l["model"] for n, l, v in model_name if n == "leadscore_tracked_leads"})
-    c.check(len(model_name) == 1, f"the instances export one model: {model_name}")
-    instances = {inst["a"]["addr"], inst["b"]["addr"]}
-
-    with open(DASHBOARD) as f:
-        dash = json.load(f)
-
-    # --- template variables ---
-    for v in dash["templating"]["list"]:
-        if v.get("type") != "query":
-            continue
-        m = re.fullmatch(r"\s*label_values\((.+),\s*([a-zA-Z_]+)\)\s*", v["definition"])
-        if not c.check(m, f"variable ${v['name']} is a label_values() query", v["definition"]):
-            continue
-        series = prom.get("/api/v1/series", **{"match[]": substitute(m.group(1))})
-        values = {s.get(m.group(2)) for s in series} - {None}
-        want = set(model_name) if v["name"] == "model" else instances if v["name"] == "instance" else None
-        c.check(values and (want is None or values == want),
-                f"variable ${v['name']} lists {sorted(values)}", f"expected {sorted(want or [])}")
-
-    # --- every dashboard expression ---
-    alerts_exprs = []
-    for where, expr in dashboard_queries(dash):
-        e = substitute(expr)
-        if "ALERTS" in e:
-            alerts_exprs.append((where, e))  # checked once an alert is pending (below)
-            continue
-        if re.search(r"\boffset\b", e):
-            # Compares with 1 hour or 1 day ago: no data that old yet. The same expression
-            # without the offsets must return data.
-            where, e = where + " (offsets removed)", strip_offsets(e)
-        try:
-            res = prom.query(e)
-        except Exception as err:  # a PromQL error is a failed check, not a crash
-            c.check(False, f"{where}: evaluates", str(err))
-            continue
-        problems = []
-        if not res:
-            problems.append("no series")
-        if any(not math.isfinite(v) for _, v in res):
-            problems.append(f"non-finite values {[(l, v) for l, v in res if not math.isfinite(v)]}")
-        got_inst = {l["instance"] for l, _ in res if "instance" in l}
-        # Every instance, unless the expression selects on another label's value (aborted
-        # commits exist on B only): then a subset.
-        filtered = any(k not in ("job", "instance", "model")
-                       for s in selectors(e) for k in re.findall(r"([a-zA-Z_]+)\s*(?:=~|!~|!=|=)", s))
-        filtered = filtered or any(n in e for n in NOT_ON_EVERY_INSTANCE)
-        if got_inst and not (got_inst <= instances if filtered else got_inst == instances):
-            problems.append(f"instances {sorted(got_inst)}")
-        got_models = {l["model"] for l, _ in res if "model" in l}
-        if got_models and got_models != set(model_name):
-            problems.append(f"models {sorted(got_models)}")
-        for s in selectors(e):
-            name = re.match(r"[A-Za-z0-9_:]+", s).group(0)
-            if not prom.query(s):
-                if name in MAY_BE_ABSENT:
-                    with open(os.path.join(REPO, "src/metrics.rs")) as f:
-                        if f'"{name}"' not in f.read():
-                            problems.append(f"{name} is not registered in src/metrics.rs")
-                else:
-                    problems.append(f"selector {s} matches no series")
-        c.check(not problems, f"{where}: {len(res)} series", "; ".join(problems) + f"\n        {e}")
-
-    lag_b = prom.query(f'leadscore_consumer_lag_records{{job="leadscore",instance="{inst["b"]["addr"]}"}}')
-    c.known_defect(lag_b, "instance B (exactly_once) exports leadscore_consumer_lag_records", LAG_DEFECT)
-
-    # --- the heatmap / bar gauge buckets are the service's `le` buckets ---
-    le_direct = {l["le"] for n, l, v in direct("a") if n == "leadscore_leads_by_score"}
-    le_prom = {l["le"] for l, _ in prom.query('sum by (le) (leadscore_leads_by_score{job="leadscore"})')}
-    c.check(le_direct and le_direct == le_prom, f"score distribution has the service's {len(le_direct)} buckets")
-
-    # --- every rule expression ---
-    for r in rule_entries():
-        e = r["expr"]
-        name = r.get("alert") or r.get("record")
-        try:
-            res = prom.query(e)
-        except Exception as err:
-            c.check(False, f"rule {name}: evaluates", str(err))
-            continue
-        missing = [s for s in selectors(e) if not prom.query(s)]
-        c.check(not missing, f"rule {name}: every selector matches series", f"empty: {missing}")
-        if "record" in r:
-            c.check(res and all(math.isfinite(v) for _, v in res),
-                    f"recording rule {name}: {len(res)} series, finite", str(res))
-        elif name == "LeadscoreTransactionsAborting":
-            got = sorted(l.get("instance") for l, _ in res)
-            c.check(got == [inst["b"]["addr"]], f"alert {name}: matches instance B only (B aborts on purpose)",
-                    str(res))
-        else:
-            c.check(not res, f"alert {name}: quiet on the healthy pair", str(res))
-
-    def alerts():
-        return [a for a in prom.get("/api/v1/alerts")["alerts"] if a["labels"]["alertname"].startswith("Leadscore")]
-
-    ok = wait_until("LeadscoreTransactionsAborting pending for B", 15,
-                    lambda: any(a["labels"]["alertname"] == "LeadscoreTransactionsAborting" for a in alerts()))
-    active = [(a["labels"]["alertname"], a["labels"].get("instance"), a["state"]) for a in alerts()]
-    c.check(ok and active and all(n == "LeadscoreTransactionsAborting" and i == inst["b"]["addr"] for n, i, _ in active),
-            "Prometheus' rule engine: LeadscoreTransactionsAborting active for B, no other alert", str(active))
-
-    # --- the KPI through Prometheus equals the instances' own average ---
-    kids.stop(gen, signal.SIGINT, timeout_s=15)
-
-    def settled():
-        before = [metric_sum(direct(n), "leadscore_events_total") + metric_sum(direct(n), "leadscore_events_rejected_total")
-                  for n in ("a", "b")]
-        time.sleep(2)
-        after = [metric_sum(direct(n), "leadscore_events_total") + metric_sum(direct(n), "leadscore_events_rejected_total")
-                 for n in ("a", "b")]
-        return before == after
-
-    c.must(wait_until("both instances idle after the generator stopped", 40, settled, 0.5),
-           "the instances consume everything after the generator stops")
-    t0 = time.time()
-    ok = wait_until("a scrape of both instances after they settled", 15,
-                    lambda: len(prom.query(f'timestamp(leadscore_score_sum{{job="leadscore"}}) > {t0:.3f}')) == 2)
-    c.must(ok, "Prometheus scraped both settled instances")
-    a, b = direct("a"), direct("b")
-    own = (metric_sum(a, "leadscore_score_sum") + metric_sum(b, "leadscore_score_sum")) / \
-        (metric_sum(a, "leadscore_tracked_leads") + metric_sum(b, "leadscore_tracked_leads"))
-    kpi_expr = next(e for w, e in dashboard_queries(dash) if "Average lead score (KPI)" in w)
-    kpi = prom.query(substitute(kpi_expr))
-    c.check(len(kpi) == 1 and abs(kpi[0][1] - own) <= 0.01,
-            f"KPI from Prometheus {kpi[0][1] if kpi else None:.4f} = instances' own {own:.4f} (within 0.01)",
-            str(kpi))
-    rec = prom.query("job_model:leadscore_average_score:ratio")
-    c.check(len(rec) == 1 and abs(rec[0][1] - own) <= 0.01,
-            f"recording rule job_model:leadscore_average_score:ratio = {own:.4f}", str(rec))
-    mean_of_means = (metric_sum(a, "leadscore_average_score") + metric_sum(b, "leadscore_average_score")) / 2
-    print(f"  (the mean of the two instance averages would be {mean_of_means:.4f})", flush=True)
-    for n, s in (("a", a), ("b", b)):
-        mine = metric_sum(s, "leadscore_average_score")
-        ratio = metric_sum(s, "leadscore_score_sum") / metric_sum(s, "leadscore_tracked_leads")
-        c.check(abs(mine - ratio) <= 1e-6 * max(1, abs(ratio)),
-                f"instance {n}: leadscore_average_score {mine:.4f} = score_sum / tracked_leads")
-    tracked_prom = prom.query('sum(leadscore_tracked_leads{job="leadscore"})')
-    c.check(tracked_prom and tracked_prom[0][1] == metric_sum(a, "leadscore_tracked_leads") + metric_sum(b, "leadscore_tracked_leads"),
-            "tracked leads in Prometheus = the instances' sum")
-
-    # --- the image's health check, run here against real endpoints ---
-    hc = dockerfile_healthcheck(args.validate_bin)
-    if c.check(hc and hc[0] == "CMD", "the Dockerfile has an exec-form HEALTHCHECK", str(hc)):
-        def run_hc(listen):
-            env = dict(os.environ, LEADSCORE_HTTP_LISTEN=listen)
-            return subprocess.run(hc[1:], env=env, capture_output=True, timeout=10).returncode
-        c.check(run_hc(inst["a"]["addr"]) == 0, "HEALTHCHECK passes against a running instance's /healthz")
-        c.check(run_hc(f"127.0.0.1:{free_port()}") != 0, "HEALTHCHECK fails against a closed port")
-        c.check(run_hc(f"127.0.0.1:{ports['prom']}") != 0, "HEALTHCHECK fails against a server without /healthz (404)")
-
-    # --- instance down: the alert goes pending, the dashboard's alert table shows it ---
-    kids.stop(inst["b"]["proc"], signal.SIGKILL)
-    ok = wait_until("LeadscoreInstanceDown pending for B", 20, lambda: any(
-        a["labels"]["alertname"] == "LeadscoreInstanceDown" and a["labels"].get("instance") == inst["b"]["addr"]
-        for a in alerts()))
-    c.check(ok, "after B is killed, LeadscoreInstanceDown is pending for B", str(alerts()))
-    quiet = [a["labels"] for a in alerts() if a["labels"]["alertname"] == "LeadscoreInstanceDown"
-             and a["labels"].get("instance") != inst["b"]["addr"]]
-    c.check(not quiet, "LeadscoreInstanceDown stays quiet for A", str(quiet))
-    for where, e in alerts_exprs:
-        res = prom.query(e)
-        names = {(l.get("alertname"), l.get("instance")) for l, _ in res}
-        c.check(("LeadscoreInstanceDown", inst["b"]["addr"]) in names, f"{where}: shows the pending alert", str(res))
 
 
 if __name__ == "__main__":
