@@ -156,6 +156,9 @@ pub struct StatusReport {
     pub distribution: Vec<Bucket>,
     /// Newest first, at most [`StatusReport::LATEST_TRANSITIONS`].
     pub latest_transitions: Vec<RecentTransition>,
+    /// The average score over the last hour: (epoch ms, average) samples about 10 s apart,
+    /// oldest first, kept by the service (the status page's trend).
+    pub average_history: Vec<(i64, f64)>,
     pub instance: InstanceStatus,
 }
 
@@ -605,16 +608,18 @@ dl.health dd { margin: 0; font-weight: 600; font-variant-numeric: tabular-nums; 
     var lo = Infinity, hi = -Infinity;
     series.forEach(function (p) { lo = Math.min(lo, p.v); hi = Math.max(hi, p.v); });
     var pad = hi - lo < 1e-9 ? 1 : (hi - lo) * 0.1;
-    var y0 = lo - pad, y1 = hi + pad, t0 = now - HOUR_MS;
+    // The chart spans the data it has, up to the last hour.
+    var t0 = Math.max(now - HOUR_MS, series[0].t), span = Math.max(1, now - t0);
+    var y0 = lo - pad, y1 = hi + pad;
     var pts = series.map(function (p) {
-      var x = Math.max(0, Math.min(W, (p.t - t0) / HOUR_MS * W));
+      var x = Math.max(0, Math.min(W, (p.t - t0) / span * W));
       var y = H - 3 - (p.v - y0) / (y1 - y0) * (H - 6);
       return x.toFixed(1) + ' ' + y.toFixed(1);
     });
     var d = 'M' + pts.join(' L');
     line.setAttribute('d', d);
     area.setAttribute('d', d + ' L' + pts[pts.length - 1].split(' ')[0] + ' ' + H + ' L' + pts[0].split(' ')[0] + ' ' + H + ' Z');
-    setText('spark-range', 'Last hour: low ' + nf1.format(lo) + ', high ' + nf1.format(hi));
+    setText('spark-range', (now - t0 >= HOUR_MS - 60000 ? 'Last hour' : 'Since ' + new Date(t0).toLocaleTimeString()) + ': low ' + nf1.format(lo) + ', high ' + nf1.format(hi));
   }
 
   function drawTrend() {
@@ -622,8 +627,8 @@ dl.health dd { margin: 0; font-weight: 600; font-variant-numeric: tabular-nums; 
     if (series.length < 2) { t.className = 'trend'; t.textContent = 'Collecting the trend…'; return; }
     var first = series[0], last = series[series.length - 1];
     var delta = last.v - first.v;
-    var minutes = Math.max(1, Math.round((last.t - first.t) / 60000));
-    var span = minutes >= 59 ? 'the last hour' : 'the last ' + minutes + ' min';
+    var seconds = Math.round((last.t - first.t) / 1000), minutes = Math.round(seconds / 60);
+    var span = minutes >= 59 ? 'the last hour' : seconds < 90 ? 'the last ' + seconds + ' s' : 'the last ' + minutes + ' min';
     if (Math.abs(delta) < 0.05) {
       t.className = 'trend';
       t.textContent = 'Steady over ' + span;
@@ -710,6 +715,18 @@ dl.health dd { margin: 0; font-weight: 600; font-variant-numeric: tabular-nums; 
     setText('model', 'Model ' + model + (s.model_version ? ' · version ' + str(s.model_version) : ''));
     var avg = num(s.average_score);
     setText('avg', fmtScore(avg));
+    if (Array.isArray(s.average_history)) {
+      // The service keeps the last hour (a sample about every 10 s, whether a page is open or
+      // not): it is the trend's base, and this page's own samples since its newest refine it.
+      var server = [];
+      s.average_history.forEach(function (p) {
+        if (Array.isArray(p) && num(p[0]) !== null && num(p[1]) !== null) { server.push({ t: num(p[0]), v: num(p[1]) }); }
+      });
+      if (server.length) {
+        var newest = server[server.length - 1].t;
+        series = server.concat(series.filter(function (p) { return p.t > newest; }));
+      }
+    }
     if (avg !== null) { addSample(now, avg); }
     drawSpark(now);
     drawTrend();

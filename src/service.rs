@@ -75,6 +75,19 @@ impl Service {
             }
         });
         info!(addr = %http_addr, "HTTP listening");
+        // The status page's trend: the average score sampled every few seconds, whether anyone
+        // looks or not (a walk over the leads, off the pipeline thread).
+        let sampled = Arc::clone(&shared);
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                let s = Arc::clone(&sampled);
+                if tokio::task::spawn_blocking(move || s.sample_history()).await.is_err() {
+                    break;
+                }
+            }
+        });
 
         let pipeline = Pipeline::new(cfg, model, metrics.clone(), Arc::clone(&health), Arc::clone(&shared))?;
         let stop = Arc::new(AtomicBool::new(false));

@@ -55,7 +55,15 @@ impl Engine {
         for id in &removed {
             out(id, None);
         }
-        for &slot in &dirty {
+        for (i, &slot) in dirty.iter().enumerate() {
+            // The changed leads are spread over the whole state: request each lead's core, then
+            // its row, id and event ids, some leads ahead (as `Engine::prefetch` does).
+            if let Some(&ahead) = dirty.get(i + 16) {
+                self.store.prefetch_slot(ahead);
+            }
+            if let Some(&ahead) = dirty.get(i + 8) {
+                self.store.prefetch_lead(ahead, None);
+            }
             let core = &mut self.store.cores[slot as usize];
             if !core.live() || !core.dirty() {
                 continue;

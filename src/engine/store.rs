@@ -445,6 +445,12 @@ impl Store {
         Some(slot)
     }
 
+    /// Level 2 for a known slot.
+    #[inline]
+    pub fn prefetch_slot(&self, slot: u32) {
+        prefetch(self.cores.as_ptr().wrapping_add(slot as usize));
+    }
+
     /// Level 3 (once level 2 has arrived): the lead's id bytes, its row, and where its event-id
     /// table would hold `id_hash`.
     #[inline]

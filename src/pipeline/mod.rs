@@ -115,19 +115,28 @@ pub struct Rebalancing {
 
 impl ClientContext for Rebalancing {
     /// librdkafka's statistics (every `statistics.interval.ms`): consumer lag per partition.
+    ///
+    /// The lag is the last stable offset (what a `read_committed` reader can reach) minus the
+    /// position (the next offset handed to this process), not librdkafka's `consumer_lag`: that
+    /// one counts from the consumer's own committed offset, which transactional commits
+    /// (`send_offsets_to_transaction`) never update, so under exactly-once it would freeze at
+    /// the offset of the last assignment and grow with every record.
     fn stats(&self, statistics: rdkafka::Statistics) {
         let c = &self.committer;
         let mut total = 0i64;
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {
-                // Partition -1 is librdkafka's internal UA partition; lag -1 means unknown.
-                if *partition >= 0 && p.consumer_lag >= 0 && c.shared.owns(topic, *partition) {
-                    c.metrics
-                        .consumer_lag
-                        .with_label_values(&[topic.as_str(), &partition.to_string()])
-                        .set(p.consumer_lag);
-                    total += p.consumer_lag;
+                // Partition -1 is librdkafka's internal UA partition.
+                if *partition < 0 || !c.shared.owns(topic, *partition) {
+                    continue;
                 }
+                let position = if p.app_offset >= 0 { p.app_offset } else { p.committed_offset };
+                if p.ls_offset < 0 || position < 0 {
+                    continue; // unknown yet
+                }
+                let lag = (p.ls_offset - position).max(0);
+                c.metrics.consumer_lag.with_label_values(&[topic.as_str(), &partition.to_string()]).set(lag);
+                total += lag;
             }
         }
         c.shared.set_lag(total);
@@ -159,6 +168,10 @@ impl ConsumerContext for Rebalancing {
                     Ok(_) => {}
                     Err(e) => c.fail(e),
                 }
+            }
+            for e in tpl.elements() {
+                // Not ours any more: the next owner exports its lag.
+                let _ = c.metrics.consumer_lag.remove_label_values(&[e.topic(), &e.partition().to_string()]);
             }
             let dropped = c.shared.drop_partitions(tpl);
             if c.shared.tasks().is_empty() {
@@ -316,6 +329,7 @@ impl Pipeline {
             owners::Owners::new(lookup, cfg.kafka.group_id.clone(), cfg.kafka.input_topics[0].clone()),
             advertise,
         );
+        shared.set_identity(cfg.kafka.transactional_id(), cfg.kafka.input_topics.clone());
         let decode = DecodeOptions {
             max_event_bytes: cfg.input.max_event_bytes,
             fallback_timestamp_ms: None,

@@ -60,7 +60,18 @@ pub struct Shared {
     transitions: AtomicU64,
     /// Records behind the high watermark over owned partitions; -1 before the first statistics.
     lag: AtomicI64,
+    /// This instance's name (its `transactional_id`: stable per instance) and the input topics
+    /// (`run` only).
+    identity: std::sync::OnceLock<(String, Vec<String>)>,
+    /// The average score over the last hour, sampled at most every [`HISTORY_STEP_MS`], for the
+    /// status page's trend.
+    history: Mutex<VecDeque<(i64, f64)>>,
 }
+
+/// Spacing of the average-score samples kept for the status page.
+const HISTORY_STEP_MS: i64 = 10_000;
+/// How far back the samples go.
+const HISTORY_MS: i64 = 3_600_000;
 
 const LATEST: usize = StatusReport::LATEST_TRANSITIONS;
 
@@ -90,6 +101,8 @@ impl Shared {
             rejected: AtomicU64::new(0),
             transitions: AtomicU64::new(0),
             lag: AtomicI64::new(-1),
+            identity: std::sync::OnceLock::new(),
+            history: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -117,6 +130,33 @@ impl Shared {
             }
             _ => LeadAnswer::NotFound,
         }
+    }
+
+    pub(crate) fn set_identity(&self, instance: String, input_topics: Vec<String>) {
+        let _ = self.identity.set((instance, input_topics));
+    }
+
+    /// Keeps a sample of the average score for the trend (at most one per [`HISTORY_STEP_MS`]).
+    fn sample_average(&self, now: i64, average: f64) {
+        let mut h = lock(&self.history);
+        if h.back().is_some_and(|&(t, _)| now - t < HISTORY_STEP_MS && now >= t) {
+            return;
+        }
+        h.push_back((now, average));
+        while h.front().is_some_and(|&(t, _)| t < now - HISTORY_MS) {
+            h.pop_front();
+        }
+    }
+
+    /// Takes a sample of the average score if the last is older than [`HISTORY_STEP_MS`] (the
+    /// service calls this every few seconds, so the trend exists before anyone looks).
+    pub fn sample_history(&self) {
+        let now = wall_ms();
+        if lock(&self.history).back().is_some_and(|&(t, _)| now - t < HISTORY_STEP_MS && now >= t) {
+            return;
+        }
+        let snap = self.snapshot_at(now, &[]);
+        self.sample_average(now, snap.totals.average());
     }
 
     pub(crate) fn set_partition_count(&self, n: usize) {
@@ -242,9 +282,14 @@ impl Shared {
         self.lag.store(lag, Ordering::Relaxed);
     }
 
-    /// Input partitions owned now.
+    /// Input partitions owned now (of the input topics; the repartition topic's, assigned
+    /// beside them, are not counted).
     pub fn assigned(&self) -> usize {
-        lock(&self.partitions).inputs.len()
+        let tasks = lock(&self.partitions);
+        match self.identity.get() {
+            Some((_, inputs)) => tasks.inputs.keys().filter(|(t, _)| inputs.contains(t)).count(),
+            None => tasks.inputs.len(),
+        }
     }
 
     /// Records that everything before `next_offset` of an input partition is processed.
@@ -347,7 +392,9 @@ impl StatusSource for Shared {
         let now = wall_ms();
         let bounds = score_bounds(&self.model);
         let snap = self.snapshot_at(now, &bounds);
+        self.sample_average(now, snap.totals.average());
         let latest = lock(&self.latest).iter().cloned().collect();
+        let average_history = lock(&self.history).iter().map(|&(t, v)| (t, v)).collect();
         let lag = self.lag.load(Ordering::Relaxed);
         let report = StatusReport {
             model: self.model.name.clone(),
@@ -363,8 +410,9 @@ impl StatusSource for Shared {
             transitions_total: self.transitions.load(Ordering::Relaxed),
             distribution: distribution(&bounds, &snap.cumulative, snap.totals.leads as u64),
             latest_transitions: latest,
+            average_history,
             instance: InstanceStatus {
-                id: String::new(),
+                id: self.identity.get().map(|(id, _)| id.clone()).unwrap_or_default(),
                 ready: self.health.is_ready(),
                 assigned_partitions: self.assigned() as u64,
                 lag: lag.max(0) as u64,
