@@ -89,9 +89,11 @@ pub fn restore_consumer_config(cfg: &KafkaConfig) -> ClientConfig {
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
         .set("fetch.wait.max.ms", "10")
-        .set("queued.max.messages.kbytes", "65536")
-        .set("fetch.max.bytes", "104857600")
-        .set("max.partition.fetch.bytes", "10485760");
+        // Large fetches (a restore reads whole partitions), but a bounded queue: the restore's
+        // peak memory is the engines' plus this, per restore thread.
+        .set("queued.max.messages.kbytes", "16384")
+        .set("fetch.max.bytes", "33554432")
+        .set("max.partition.fetch.bytes", "8388608");
     passthrough(c, cfg)
 }
 

@@ -221,10 +221,20 @@ pub struct Engine {
     journal: Option<Box<Journal>>,
     /// Scratch of [`Engine::restore`]: a record's event ids.
     import_ids: Vec<[i64; 2]>,
+    /// Columns and attributes by the names a changelog record stores them under.
+    names: Names,
     /// Scratch of [`Engine::apply`]: the row of the lead being applied, by column (only the
     /// columns of its mask mean anything). Rules read and write it here, and it goes back to
     /// the store once.
     row: Option<Box<[u64; 64]>>,
+}
+
+/// Where a changelog record's named parts go: group name to column, limited rule id to column,
+/// fit attribute name to index.
+struct Names {
+    group_col: HashMap<Box<str>, usize, Hasher>,
+    limit_col: HashMap<Box<str>, usize, Hasher>,
+    attr: HashMap<Box<str>, usize, Hasher>,
 }
 
 /// Changes not yet written to the state changelog.
@@ -309,7 +319,25 @@ impl Engine {
             };
             fit_attr.push(i);
         }
+        let mut names = Names {
+            group_col: HashMap::with_hasher(store::hasher()),
+            limit_col: HashMap::with_hasher(store::hasher()),
+            attr: HashMap::with_hasher(store::hasher()),
+        };
+        names
+            .group_col
+            .extend(model.groups.iter().enumerate().map(|(g, group)| (group.name.as_str().into(), COL_GROUPS + g)));
+        names.limit_col.extend(
+            model
+                .rules
+                .iter()
+                .zip(&limit_col)
+                .filter(|(_, &c)| c != usize::MAX)
+                .map(|(r, &c)| (r.id.as_str().into(), c)),
+        );
+        names.attr.extend(attr_names.iter().enumerate().map(|(i, a)| (a.as_str().into(), i)));
         Engine {
+            names,
             half_life: model.half_life_ms as f64,
             store: Store::new(col_timer + 1),
             attrs: Vec::new(),

@@ -5,10 +5,8 @@
 //! limits, attributes, remembered event ids and transition count; its next decay-driven crossing
 //! is recomputed from that state (it is a function of it), so scheduled crossings survive too.
 
-use std::sync::Arc;
-
 use super::{Attr, Engine, COL_GROUPS, COL_UNGROUPED, NO_WINDOW};
-use crate::changelog::{encode_record, visit_record, AttrRef, AttrValue, ChangelogError, Header, LeadRecord, Part};
+use crate::changelog::{encode_record, visit_record, AttrRef, AttrValue, ChangelogError, LeadRecord, Part};
 
 impl Attr {
     fn to_record(&self) -> AttrValue {
@@ -230,14 +228,20 @@ impl Engine {
             return Err(ChangelogError::BadKey);
         }
         match value {
-            Some(v) => {
-                // Validate whole first (no allocation), then apply: never half a record.
-                let header = visit_record(v, |_| {})?;
-                self.import_valid(lead_id, header, v);
+            Some(v) => self.import_record(lead_id, v),
+            None => {
+                self.forget_lead(lead_id);
+                Ok(())
             }
-            None => self.forget_lead(lead_id),
         }
-        Ok(())
+    }
+
+    /// Starts loading the lead index entry a restore of this key will look at (see
+    /// [`Engine::prefetch`]): a restore reads records of leads spread over the whole state.
+    pub fn prefetch_key(&self, key: &[u8]) {
+        if let Ok(id) = std::str::from_utf8(key) {
+            self.store.prefetch_index(self.store.hash(id));
+        }
     }
 
     /// Room for `additional` more leads (a restore knows roughly how many records come).
@@ -261,18 +265,63 @@ impl Engine {
     pub fn import_lead(&mut self, lead_id: &str, r: &LeadRecord) {
         let mut buf = Vec::new();
         encode_record(r, &mut buf);
-        let header = visit_record(&buf, |_| {}).expect("an encoded record decodes");
-        self.import_valid(lead_id, header, &buf);
+        self.import_record(lead_id, &buf).expect("an encoded record decodes");
     }
 
-    /// [`Engine::import_lead`] from record bytes already validated, without allocating beyond
-    /// the lead's own state.
-    fn import_valid(&mut self, lead_id: &str, h: Header, value: &[u8]) {
+    /// Reads a record in one pass into scratch (the row by column, attributes, event ids), then
+    /// sets the lead's whole state from it, the row stored once: a damaged record changes
+    /// nothing, and a restore of millions of leads does no more than it must per record.
+    fn import_record(&mut self, lead_id: &str, value: &[u8]) -> Result<(), ChangelogError> {
+        let mut row = [0u64; 64];
+        let mut mask = 0u64;
+        let with_fits = !self.model.fits.is_empty();
+        let n_attrs = self.attr_names.len();
+        let mut attrs: Option<Box<[Option<Attr>]>> = None;
+        let mut ids = std::mem::take(&mut self.import_ids);
+        ids.clear();
+        let names = &self.names;
+        let header = visit_record(value, |part| match part {
+            Part::Group(name, total) => {
+                if let Some(&col) = names.group_col.get(name) {
+                    row[col] = total.to_bits();
+                    mask |= 1 << col;
+                }
+            }
+            Part::Limit(id, window, count) => {
+                if let Some(&col) = names.limit_col.get(id) {
+                    row[col] = window << 16 | u64::from(count);
+                    mask |= 1 << col;
+                }
+            }
+            Part::Attribute(name, v) => {
+                if let (true, Some(&i)) = (with_fits, names.attr.get(name)) {
+                    attrs.get_or_insert_with(|| vec![None; n_attrs].into_boxed_slice())[i] = v.map(Attr::from_ref);
+                }
+            }
+            Part::EventId(id_hash, clock) => ids.push([id_hash as i64, clock]),
+        });
+        let h = match header {
+            Ok(h) => h,
+            Err(e) => {
+                self.import_ids = ids;
+                return Err(e);
+            }
+        };
+        if with_fits && h.has_attributes && attrs.is_none() {
+            attrs = Some(vec![None; n_attrs].into_boxed_slice());
+        }
+        if let Some(v) = h.ungrouped {
+            row[COL_UNGROUPED] = v.to_bits();
+            mask |= 1 << COL_UNGROUPED;
+        }
+        if let Some(v) = h.fixed {
+            row[self.col_fixed] = v.to_bits();
+            mask |= 1 << self.col_fixed;
+        }
         let (slot, new) = self.store.find_or_insert(lead_id, h.tau_ms);
         if !new {
             self.store.reset(slot, h.tau_ms);
         }
-        let model = Arc::clone(&self.model);
         {
             let core = &mut self.store.cores[slot as usize];
             core.last_at = h.last_transition_at_ms.unwrap_or(i64::MIN);
@@ -280,58 +329,32 @@ impl Engine {
             core.set_qualified(h.qualified);
             core.set_dirty(false);
         }
-        if let Some(v) = h.ungrouped {
-            self.store.set(slot, COL_UNGROUPED, v.to_bits());
-        }
-        if let Some(v) = h.fixed {
-            self.store.set(slot, self.col_fixed, v.to_bits());
-        }
-        let with_fits = !model.fits.is_empty();
-        let mut attrs: Option<Box<[Option<Attr>]>> =
-            (with_fits && h.has_attributes).then(|| vec![None; self.attr_names.len()].into_boxed_slice());
-        let oldest = h.tau_ms.saturating_sub(model.dedup_window_ms);
-        let mut ids = std::mem::take(&mut self.import_ids);
-        ids.clear();
-        let (store, limit_col, attr_names) = (&mut self.store, &self.limit_col, &self.attr_names);
-        let _ = visit_record(value, |part| match part {
-            Part::Group(name, total) => {
-                if let Some(g) = model.groups.iter().position(|g| g.name == name) {
-                    store.set(slot, COL_GROUPS + g, total.to_bits());
-                }
-            }
-            Part::Limit(id, window, count) => {
-                if let Some(ri) = model.rules.iter().position(|rule| rule.id == id) {
-                    if limit_col[ri] != usize::MAX {
-                        store.set(slot, limit_col[ri], window << 16 | u64::from(count));
-                    }
-                }
-            }
-            Part::Attribute(name, v) => {
-                if let (Some(attrs), Some(i)) = (attrs.as_mut(), attr_names.iter().position(|n| n == name)) {
-                    attrs[i] = v.map(Attr::from_ref);
-                }
-            }
-            Part::EventId(id_hash, clock) => {
-                if clock >= oldest {
-                    ids.push([id_hash as i64, clock]);
-                }
-            }
-        });
         if with_fits {
             if self.attrs.len() <= slot as usize {
                 self.attrs.resize_with(slot as usize + 1, || None);
             }
             let fit = self.fit_sum(attrs.as_deref());
             if fit != 0.0 {
-                self.store.set(slot, self.col_fit, fit.to_bits());
+                row[self.col_fit] = fit.to_bits();
+                mask |= 1 << self.col_fit;
             }
-            self.attrs[slot as usize] = attrs.take();
+            self.attrs[slot as usize] = attrs;
         }
-        // A damaged record could list an id twice; the table wants distinct ones (the newest).
+        // The scheduled crossing is a function of the state: recomputed, not stored.
+        let due = self.crossing_due_of(slot, self.steady_of(mask, &row), self.engagement_of(mask, &row));
+        if let Some(due) = self.push_timer(slot, due, false, 0) {
+            row[self.col_timer] = due as u64;
+            mask |= 1 << self.col_timer;
+        }
+        self.store.store_row(slot, mask, &row);
+        // Only ids the window still covers; a damaged record could list one twice, and the
+        // table wants distinct ones (the newest).
+        let oldest = h.tau_ms.saturating_sub(self.model.dedup_window_ms);
+        ids.retain(|e| e[1] >= oldest);
         ids.sort_unstable_by(|a, b| a[0].cmp(&b[0]).then(b[1].cmp(&a[1])));
         ids.dedup_by_key(|e| e[0]);
         self.store.ids_build(slot, &ids);
         self.import_ids = ids;
-        self.schedule(slot);
+        Ok(())
     }
 }
