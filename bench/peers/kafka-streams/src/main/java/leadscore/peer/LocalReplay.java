@@ -32,6 +32,7 @@ final class LocalReplay {
         Decoder decoder = new Decoder(model);
         Serde<LeadState> serde = LeadState.serde(model);
         Map<String, byte[]> store = new HashMap<>();
+        EventIds ids = EventIds.inMemory();
         long[] rejected = new long[Decoder.Reason.values().length];
         long lines = 0, events = 0;
         long[] transitions = {0};
@@ -77,13 +78,13 @@ final class LocalReplay {
                 Decoder.Event ev = decoder.ev;
                 byte[] raw = store.get(ev.leadId);
                 LeadState s = raw == null ? null : serde.deserializer().deserialize("", raw);
-                if (engine.isDuplicate(s, ev.eventId)) {
+                if (engine.isDuplicate(ev.leadId, s, ev.eventId, ids)) {
                     rejected[Decoder.Reason.DUPLICATE.ordinal()]++;
                     continue;
                 }
                 watermark = Math.max(watermark, ev.timestampMs);
                 events++;
-                s = engine.apply(ev.leadId, s, ev, watermark, sink);
+                s = engine.apply(ev.leadId, s, ev, watermark, ids, sink);
                 store.put(ev.leadId, serde.serializer().serialize("", s));
             }
         }

@@ -11,10 +11,13 @@ import java.util.Map;
  * <pre>
  *   run     --brokers B --input T --output T --dead-letters T --application-id ID --model M
  *           [--guarantee exactly_once_v2|at_least_once] [--store memory|rocksdb]
- *           [--commit-interval-ms 100] [--threads 2] [--cache-mib 64] [--rocksdb-mib 256]
- *           [--linger-ms 5] [--state-dir DIR] [--max-future-skew-ms 300000] [--exit-at-end]
+ *           [--commit-interval-ms 100 (EOS) | 30000 (ALO)] [--threads <cores>] [--cache-mib 64]
+ *           [--rocksdb-mib 256] [--linger-ms 1] [--state-dir DIR] [--max-future-skew-ms 300000] [--exit-at-end]
+ *           [--expect-records N] [--skip-commit-wait]
  *   load    --brokers B --topic T FILE.jsonl      JSON lines to a topic, keyed by lead id
  *   dump    --brokers B --topic T --out FILE      a topic's values as lines, read_committed
+ *   await-committed --brokers B --group G --topic T [--timeout-s S]
+ *                                                 waits until G has committed T's end offsets
  *   replay  --model M [--until MS] FILE.jsonl     the engine without Kafka, in event time
  *   selftest                                      the bit-exact decay against glibc vectors
  * </pre>
@@ -31,6 +34,8 @@ public final class Main {
             case "run" -> rc = PeerApp.run(a);
             case "load" -> rc = Tools.load(a.req("brokers"), a.req("topic"), a.positional());
             case "dump" -> rc = Tools.dump(a.req("brokers"), a.req("topic"), a.req("out"));
+            case "await-committed" -> rc = Tools.awaitCommitted(a.req("brokers"), a.req("group"), a.req("topic"),
+                    a.num("timeout-s", 600));
             case "replay" -> {
                 String until = a.opt("until", null);
                 rc = LocalReplay.run(Model.load(a.req("model")), a.positional(),
@@ -47,7 +52,7 @@ public final class Main {
     }
 
     static void usage(String why) {
-        System.err.println("leadscore-streams-peer: " + why + "\nusage: run|load|dump|replay|selftest [--flag value ...] (see README.md)");
+        System.err.println("leadscore-streams-peer: " + why + "\nusage: run|load|dump|await-committed|replay|selftest [--flag value ...] (see README.md)");
         System.exit(2);
     }
 
