@@ -191,17 +191,20 @@ final class PeerApp {
                 : Stores.inMemoryKeyValueStore(ScoringProcessor.LEADS);
         KeyValueBytesStoreSupplier crossings = rocks ? Stores.persistentKeyValueStore(ScoringProcessor.CROSSINGS)
                 : Stores.inMemoryKeyValueStore(ScoringProcessor.CROSSINGS);
-        // Caching on: reads of busy leads come from the cache, and the changelog gets one record
-        // per lead changed per commit interval, as leadscore's changelog does. Logging on (the
-        // default): the state survives a crash under either guarantee, as leadscore's.
+        // leads: caching on. Reads of busy leads come from the cache, and the changelog gets one
+        // record per lead changed per commit interval, as leadscore's changelog does.
+        // event-ids and crossings: caching off. Each id is written once (a cache would only add a
+        // second copy, its LRU bookkeeping and a flush per commit), and crossings are written
+        // rarely and range-scanned every 100 ms. Logging on everywhere (the default): the state
+        // survives a crash under either guarantee, as leadscore's.
         StoreBuilder<KeyValueStore<String, LeadState>> leadsStore =
                 Stores.keyValueStoreBuilder(leads, Serdes.String(), LeadState.serde(model)).withCachingEnabled();
         StoreBuilder<KeyValueStore<Bytes, byte[]>> crossingsStore =
-                Stores.keyValueStoreBuilder(crossings, Serdes.Bytes(), Serdes.ByteArray()).withCachingEnabled();
+                Stores.keyValueStoreBuilder(crossings, Serdes.Bytes(), Serdes.ByteArray()).withCachingDisabled();
         KeyValueBytesStoreSupplier eventIds = rocks ? Stores.persistentKeyValueStore(ScoringProcessor.EVENT_IDS)
                 : Stores.inMemoryKeyValueStore(ScoringProcessor.EVENT_IDS);
         StoreBuilder<KeyValueStore<Bytes, byte[]>> eventIdsStore =
-                Stores.keyValueStoreBuilder(eventIds, Serdes.Bytes(), Serdes.ByteArray()).withCachingEnabled();
+                Stores.keyValueStoreBuilder(eventIds, Serdes.Bytes(), Serdes.ByteArray()).withCachingDisabled();
         Topology t = new Topology();
         t.addSource("input", new ByteArrayDeserializer(), new ByteArrayDeserializer(), input);
         t.addProcessor("score", () -> new ScoringProcessor(model, skewMs, punctuate), "input");

@@ -211,4 +211,25 @@ final class Tools {
             }
         }
     }
+
+    /**
+     * Creates topics in one Admin request ({@code name:partitions} each, replication factor 1):
+     * bench/run creates dozens, and one JVM start per topic (the kafka-topics tool) costs seconds.
+     */
+    static int createTopics(String brokers, List<String> specs) throws Exception {
+        List<org.apache.kafka.clients.admin.NewTopic> topics = new ArrayList<>();
+        for (String spec : specs) {
+            int colon = spec.lastIndexOf(':');
+            if (colon <= 0) {
+                System.err.println("create-topics: expected name:partitions, got " + spec);
+                return 2;
+            }
+            topics.add(new org.apache.kafka.clients.admin.NewTopic(spec.substring(0, colon),
+                    Integer.parseInt(spec.substring(colon + 1)), (short) 1));
+        }
+        try (Admin admin = Admin.create(Map.of(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, brokers))) {
+            admin.createTopics(topics).all().get(60, TimeUnit.SECONDS);
+        }
+        return 0;
+    }
 }
