@@ -126,7 +126,7 @@ final class PeerApp {
         if (!exitAtEnd) {
             streams.start();
             stopped.await();
-            report(null, guarantee, store, threads, commitMs, cacheMib, 0, 0, 0, 0, 0, 0, 0);
+            report(null, guarantee, store, threads, commitMs, cacheMib, 0, 0, 0, 0, 0, 0, 0, 0);
             return exit[0];
         }
 
@@ -146,10 +146,13 @@ final class PeerApp {
 
             streams.start();
             // 1. Every record processed: the throughput figure ends here.
+            double cpuFirst = Double.NaN;
             while (ScoringProcessor.RECORDS.sum() < expected) {
                 if (stopped.getCount() == 0) return fail(exit);
+                if (Double.isNaN(cpuFirst) && ScoringProcessor.firstRecordNanos != 0) cpuFirst = cpuSeconds();
                 Thread.sleep(5);
             }
+            if (Double.isNaN(cpuFirst)) cpuFirst = cpuSeconds();
             long doneNanos = System.nanoTime();
             long clockMs = System.currentTimeMillis();
             double cpuDone = cpuSeconds();
@@ -170,7 +173,7 @@ final class PeerApp {
             report(clockMs, guarantee, store, threads, commitMs, cacheMib, expected,
                     (doneNanos - ScoringProcessor.firstRecordNanos) / 1e9,
                     (ScoringProcessor.firstRecordNanos - startNanos) / 1e9, (committedNanos - startNanos) / 1e9,
-                    cpu, rss, cpuDone);
+                    cpu, rss, cpuDone, cpuFirst);
         }
         Runtime.getRuntime().removeShutdownHook(hook);
         streams.close(Duration.ofSeconds(60));
@@ -264,13 +267,16 @@ final class PeerApp {
 
     /** One JSON line on stdout: the figures of the run (catch-up) or the counters (live). */
     private static void report(Long clockMs, String guarantee, String store, int threads, long commitMs, long cacheMib,
-            long events, double seconds, double startupS, double committedS, double cpu, long rss, double cpuDone) {
+            long events, double seconds, double startupS, double committedS, double cpu, long rss, double cpuDone,
+            double cpuFirst) {
         StringBuilder sb = new StringBuilder("{");
         if (clockMs != null) {
             sb.append(String.format(java.util.Locale.ROOT,
                     "\"events\":%d,\"seconds\":%.3f,\"events_per_s\":%.0f,\"cpu_s\":%.2f,\"cpu_s_per_million\":%.2f,"
-                            + "\"peak_rss_mib\":%d,\"startup_s\":%.3f,\"all_committed_s\":%.3f,\"cpu_s_at_last_record\":%.2f,",
-                    events, seconds, events / seconds, cpu, cpu / events * 1e6, rss, startupS, committedS, cpuDone));
+                            + "\"peak_rss_mib\":%d,\"startup_s\":%.3f,\"all_committed_s\":%.3f,\"cpu_s_at_last_record\":%.2f,"
+                            + "\"cpu_s_during\":%.2f,",
+                    events, seconds, events / seconds, cpu, cpu / events * 1e6, rss, startupS, committedS, cpuDone,
+                    cpuDone - cpuFirst));
         }
         sb.append("\"mode\":\"").append(guarantee).append("\",\"store\":\"").append(store)
                 .append("\",\"threads\":").append(threads).append(",\"commit_interval_ms\":").append(commitMs)
