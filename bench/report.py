@@ -135,30 +135,42 @@ def charts(catchup, latency, img):
     return made
 
 
-def estimate_full(machine, durations):
-    """Scales the measured stage times to the full run's sizes (a sized or smoke run)."""
+def estimate_full(machine, durations, catchup, loadrec, latency_runs):
+    """Scales the measured stage times to the full run's sizes (a sized or smoke run): the time
+    spent processing events scales with their number, the rest (JVM and process starts, topic
+    creation, dumps) is taken as it is."""
     d = {r["name"]: r["seconds"] for r in durations}
     n = machine["n"]
     peer_n = min(n, machine.get("peer_n", n))
-    full_peer_n = FULL["peer_n"]
-    rates = len(str(machine["rates"]).split())
     lat_total = machine["lat_s"] + machine.get("warm_s", 0)
     mem = sum(int(x) for x in str(machine["mem_leads"]).split())
+    f_n, f_peer = FULL["n"] / n, FULL["peer_n"] / peer_n
     out = {}
-    for stage in ("load", "raw", "kcat"):
+
+    def scaled(stage, busy, factor):
         if stage in d:
-            out[stage] = d[stage] * FULL["n"] / n
+            busy = min(busy, d[stage])
+            out[stage] = d[stage] - busy + busy * factor
+
+    def secs(r):
+        return r.get("seconds") or r.get("consume_s") or 0
+
+    if loadrec:
+        scaled("load", loadrec["load_s"] * (1 + peer_n / n) + loadrec["replay_s"], f_n)
+    scaled("raw", sum(secs(r) for r in catchup if r["system"] == "raw_consumer"), f_n)
+    scaled("kcat", sum(secs(r) for r in catchup if r["system"] == "kcat"), f_n)
+    main_ls = sum(secs(r) for r in catchup if r["system"].startswith("leadscore") and not r["system"].endswith("_prefix"))
+    prefix_ls = sum(secs(r) for r in catchup if r["system"].endswith("_prefix"))
     if "leadscore" in d:
-        measured = n + (peer_n if peer_n < n else 0)
-        out["leadscore"] = d["leadscore"] * (FULL["n"] + full_peer_n) / measured
-    if "peer" in d:
-        out["peer"] = d["peer"] * full_peer_n / peer_n
+        fixed = max(0.0, d["leadscore"] - main_ls - prefix_ls)
+        out["leadscore"] = fixed + main_ls * f_n + prefix_ls * f_peer
+    scaled("peer", sum(secs(r) for r in catchup if r["system"].startswith("peer")), f_peer)
     if "offline" in d:
         out["offline"] = d["offline"] * 1_000_000 / machine["offline_n"]
-    if "latency" in d:
-        runs = rates * 5
-        overhead = max(0.0, (d["latency"] - runs * lat_total) / runs)
-        out["latency"] = FULL["rates"] * 5 * (FULL["lat_total"] + overhead)
+    if "latency" in d and latency_runs:
+        per_run = d["latency"] / latency_runs
+        out["latency"] = FULL["rates"] * 5 * (per_run - lat_total + FULL["lat_total"]) * latency_runs / (
+            len(str(machine["rates"]).split()) * 5)
     if "memory" in d:
         out["memory"] = d["memory"] * FULL["mem_leads"] / mem
     if "restore" in d:
@@ -175,7 +187,8 @@ def main():
     rows, by = load(args.results)
     m = by["machine"][0]
     catchup = by.get("catchup", [])
-    latency = by.get("latency", [])
+    latency = [r for r in by.get("latency", []) if not r.get("skipped")]
+    skipped = [r for r in by.get("latency", []) if r.get("skipped")]
     memory = by.get("memory", [])
     restore = by.get("restore", [])
     offline = by.get("offline", [])
@@ -219,7 +232,7 @@ def main():
     w("```sh")
     w("bench/run                      # the full run: 10M events; writes this page and docs/img/benchmarks-*.png")
     w("bench/run --smoke              # CI: tiny sizes, every stage, every equality check (a few minutes)")
-    w("N=1000000 LEADS=100000 RESTORE_LEADS=1000000 MEM_LEADS=1000000 bench/run   # a mid-size run")
+    w("N=1000000 LEADS=100000 PEER_N=500000 MEM_LEADS=1000000 RESTORE_LEADS=1000000 bench/run   # mid-size")
     w("BENCH_LEADSCORE_BIN=/path/to/leadscore bench/run   # measure another build of leadscore")
     w("bench/run --stages \"peer\"      # some stages only; `bench/run --help` lists stages and knobs")
     w("```")
@@ -437,6 +450,12 @@ def main():
               f"| {fmt(r['p50'])} | {fmt(r['p99'])} | {fmt(r['p999'])} | {fmt(r['max'])} "
               f"| {pct(r.get('system_cpu_share'))} | {pct(r.get('broker_cpu_share'))} |")
         w("")
+        for r in skipped:
+            w(f"- {r['system']} at {r['rate']:,} events/s: **not measured**: more than {r.get('factor', 1.5)} times its own catch-up rate "
+              f"in this run ({fmt_int(r['catchup_events_per_s'])}/s). It falls behind from the first second, so its "
+              "latency would be a queue growing with the run's length.")
+        if skipped:
+            w("")
         w("CPU columns are shares of one core during the generation. *Under its catch-up rate*: whether the rate is "
           "below the system's own catch-up rate measured above (the peer: its in-memory store); where it is not, "
           "the system falls behind and its latency is queueing that grows with the run's length. A row whose "
@@ -473,7 +492,8 @@ def main():
     if durations:
         w("## How long the run took")
         w("")
-        est = estimate_full(m, durations) if kind != "full" else {}
+        est = estimate_full(m, durations, [r for r in catchup if not r.get("skipped")], loadrec,
+                            len(latency)) if kind != "full" else {}
         w("| stage | seconds" + (" | full run, estimated from this one |" if est else " |"))
         w("|---|---" + ("|---|" if est else "|"))
         total = full_total = 0.0
@@ -488,8 +508,9 @@ def main():
         if est:
             w(f"| **total** | **{total:.0f}** | **{full_total:.0f}** (~{full_total / 60:.0f} min) |")
             w("")
-            w("The estimate scales each stage by its size (10M events, 2M for Kafka Streams, latency runs of 5 + 15 s "
-              "at 3 rates, memory at 1M and 10M leads, restore of 10M) and "
+            w("The estimate scales the time each stage spent on events by the full sizes (10M events, 2M for Kafka "
+              "Streams, latency runs of 5 + 15 s at 3 rates with the same runs skipped, memory at 1M and 10M leads, "
+              "restore of 10M), keeps its fixed part (process starts, topic creation, dumps, checks) and "
               "leaves out the build (done once). It is an estimate from this run's rates, not a measurement.")
         else:
             w(f"| **total** | **{total:.0f}** (~{total / 60:.0f} min) |")

@@ -114,7 +114,7 @@ final class PeerApp {
             return StreamsUncaughtExceptionHandler.StreamThreadExceptionResponse.SHUTDOWN_CLIENT;
         });
         streams.setStateListener((now, before) -> {
-            if (now == KafkaStreams.State.RUNNING) System.err.println("peer: running"); // bench/peer.sh waits for it
+            if (now == KafkaStreams.State.RUNNING) System.err.println("peer: running"); // bench/run waits for it
             if (now == KafkaStreams.State.ERROR || now == KafkaStreams.State.NOT_RUNNING) stopped.countDown();
         });
         Thread hook = new Thread(() -> {
