@@ -400,9 +400,15 @@ def main():
           f"Replay took {o['leadscore_replay_s']} s in leadscore and {o['peer_replay_s']} s in the peer's engine "
           "(JVM start included).")
         w(f"- **The check catches a difference.** The same against the peer's engine scoring a model whose "
-          f"half-life is 1 ms longer (14 days + 1 ms: scores move in their last digits only): "
+          f"half-life is 1 ms longer (14 days + 1 ms: scores move by about one part in 10^10): "
           f"{o['control_differences']:,} differences reported, "
           f"{'caught' if o['control_caught'] else '**NOT CAUGHT**'}.")
+        if "javapow_differences" in o:
+            w(f"- **It catches one ulp.** The same model, with the peer computing the decay with Java's `Math.pow` "
+              f"instead of its port of glibc's `pow` (`-Dpeer.decay=java.pow`; the two differ in the last bit for "
+              f"some inputs): {o['javapow_differences']:,} of {o['transitions']:,} transitions differ "
+              f"({'a difference the check must report, and did' if o['javapow_caught'] else 'none: this input did not hit a differing decay factor'}). "
+              "This is why the peer carries the port.")
     eqs = [r for r in catchup if "equal" in r]
     if eqs:
         w(f"- **Over Kafka.** Each catch-up run's output topic against `leadscore replay` of the input file: "

@@ -53,8 +53,16 @@ final class Engine {
         prefix = sb.toString();
     }
 
+    /**
+     * {@code -Dpeer.decay=java.pow} computes the decay with Java's {@code Math.pow} instead: within
+     * one ulp, and different in the last bit for some inputs. bench/run's offline stage uses it as
+     * a negative control, to show that compare.py catches a one-ulp difference.
+     */
+    private static final boolean JAVA_POW = "java.pow".equals(System.getProperty("peer.decay"));
+
     double decay(long dtMs) {
-        return GlibcPow2.pow2(-(double) dtMs / m.halfLifeMs);
+        double y = -(double) dtMs / m.halfLifeMs;
+        return JAVA_POW ? Math.pow(2.0, y) : GlibcPow2.pow2(y);
     }
 
     LeadState newLead(long tau) {
