@@ -527,7 +527,9 @@ def main():
     w("")
     w("`bench/peers/kafka-streams/` (its README has the details) implements spec section 4 for "
       "`bench/model.toml` on the Processor API: one processor per task with three key-value stores "
-      "(`leads`, `event-ids`, `crossings`), caching on and changelogs on. Its settings, the same in every run "
+      "(`leads`, `event-ids`, `crossings`), all changelogged; the record cache is on for `leads` (busy leads are read and "
+      "written many times per commit) and off for `event-ids` and `crossings` (each id is written once, crossings "
+      "rarely). Its settings, the same in every run "
       "and chosen as a Kafka Streams operator would:")
     w(f"- `num.stream.threads` = the number of cores ({m['cpus']}); `statestore.cache.max.bytes` "
       f"{m['peer_cache_mib']} MiB; RocksDB runs share one bounded block cache and write buffer manager of "
