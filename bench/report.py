@@ -57,7 +57,7 @@ def met(ok):
     return "**met**" if ok else "**missed**"
 
 
-def charts(catchup, latency, img):
+def charts(catchup, latency, img, skipped=()):
     try:
         import matplotlib
 
@@ -123,6 +123,10 @@ def charts(catchup, latency, img):
             ax.set_xticklabels(["p50", "p99", "p99.9"])
             ax.set_title(f"{rate:,} events/s")
             ax.axhline(TARGET_P99_MS, color="red", linewidth=0.8, linestyle="--")
+            gone = [x["system"] for x in skipped if x["rate"] == rate]
+            if gone:
+                ax.text(0.02, 0.97, "not measured (above its catch-up rate):\n" + "\n".join(gone),
+                        transform=ax.transAxes, va="top", fontsize=7, color="#a05000")
         axes[0][0].set_ylabel("ms, input record timestamp to transition received (log)")
         handles, labels = axes[0][0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="lower center", ncol=len(systems), fontsize=8, frameon=False)
@@ -194,7 +198,7 @@ def main():
     offline = by.get("offline", [])
     durations = by.get("duration", [])
     loadrec = (by.get("load") or [None])[0]
-    made = charts(catchup, latency, args.img)
+    made = charts(catchup, latency, args.img, skipped)
     rel_img = os.path.relpath(args.img, os.path.dirname(os.path.abspath(args.doc)))
 
     sys_ = {r["system"]: r for r in catchup if not r.get("skipped")}
@@ -558,8 +562,8 @@ def main():
             verdict = "met" if share >= TARGET_RAW_SHARE else "missed"
             why = ("this run did not measure its CPU time during the catch-up" if busy is None else
                    f"leadscore kept {busy:.2f} of a core busy during the catch-up: its rate is not bound by its own "
-                   "CPU time but by what it waits for (the broker's fetches and commits, on the same 2 cores); where "
-                   "it waits is the next thing to profile"
+                   "CPU time; the rest of the time it waits (for the broker, for its commits, or for a core the broker "
+                   "and the other processes hold): where is the next thing to profile"
                    if busy < 0.8 else
                    f"leadscore used {busy:.2f} of a core: its rate is bound by its own CPU time per event "
                    f"({ls['cpu_s_per_million']:.2f} CPU s per million events, the raw consumer "
