@@ -228,7 +228,8 @@ def main():
           "works; the final figures come from `bench/run` (full size) on a quiet machine.")
     w("")
     w("Every figure below comes from one run of the command in the next section, in one session on one "
-      "machine, and this page was written by that run (`bench/report.py`). Figures from a shared "
+      "machine, and this page was written by that run (`bench/report.py`) from its results, which it keeps in "
+      "`bench/results.jsonl`. Figures from a shared "
       "2-core machine vary by ±30% from run to run: compare the figures of one run with each other.")
     w("")
     w("## How to reproduce")
