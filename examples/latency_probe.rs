@@ -32,6 +32,11 @@
 //!
 //! Kafka timestamps have millisecond resolution: latencies from them are ±1 ms.
 //!
+//! `--warmup-ms W` leaves out the first W ms of the input (by input record timestamp, from the
+//! earliest one): transitions triggered by those records, or, with `--baseline-only`, those
+//! records. The system under test (a JVM in particular) warms up on them; the figures are of the
+//! steady state that follows.
+//!
 //! With `--baseline-only` it is instead a bare consumer of the input topic (same fetch settings,
 //! no leadscore anywhere) and reports `baseline_ms`: receive time - input record timestamp for
 //! every record: what any consumer sees on this machine at this rate, the floor for leadscore.
@@ -141,13 +146,14 @@ fn main() {
         arg(&args, "--output-topic").or_else(|| baseline_only.then(String::new)),
     ) else {
         eprintln!(
-            "usage: latency_probe --brokers B --input-topic I (--output-topic O | --baseline-only) [--max-s S] [--fetch-wait-ms MS] [--csv FILE]"
+            "usage: latency_probe --brokers B --input-topic I (--output-topic O | --baseline-only) [--max-s S] [--fetch-wait-ms MS] [--csv FILE] [--warmup-ms W]"
         );
         std::process::exit(2);
     };
     let max = Duration::from_secs(arg(&args, "--max-s").map_or(300, |s| s.parse().expect("--max-s: a number")));
     let fetch_wait = arg(&args, "--fetch-wait-ms").unwrap_or_else(|| "10".to_owned());
     let csv = arg(&args, "--csv");
+    let warmup_ms: i64 = arg(&args, "--warmup-ms").map_or(0, |s| s.parse().expect("--warmup-ms: a number"));
     let stop = leadscore::cli::signal_flag().expect("signal handler");
     let started = Instant::now();
 
@@ -156,11 +162,12 @@ fn main() {
         let c =
             consumer(&brokers, &format!("latency-probe-base-{}", std::process::id()), &fetch_wait, "read_committed");
         let parts = assign_all(&c, &in_topic);
-        let mut lat = Vec::new();
+        // (input record timestamp, latency): the warm-up is cut once the earliest timestamp is known.
+        let mut lat: Vec<(i64, f64)> = Vec::new();
         let mut on_msg = |m: &rdkafka::message::BorrowedMessage<'_>| {
             let recv_us = now_us();
             if let Some(ts) = m.timestamp().to_millis() {
-                lat.push((recv_us - ts * 1000) as f64 / 1000.0);
+                lat.push((ts, (recv_us - ts * 1000) as f64 / 1000.0));
             }
         };
         let warm = Instant::now() + Duration::from_millis(500);
@@ -177,7 +184,10 @@ fn main() {
                 None => {}
             }
         }
-        println!("{{\"baseline_ms\":{}}}", summary(lat));
+        let since = lat.iter().map(|&(ts, _)| ts).min().unwrap_or(0).saturating_add(warmup_ms);
+        let total = lat.len();
+        let kept: Vec<f64> = lat.into_iter().filter(|&(ts, _)| ts >= since).map(|(_, l)| l).collect();
+        println!("{{\"warmup_excluded\":{},\"baseline_ms\":{}}}", total - kept.len(), summary(kept));
         return;
     }
 
@@ -231,6 +241,7 @@ fn main() {
         }
     }
     let mut input_records = 0u64;
+    let mut first_input_ts = i64::MAX;
     let deadline = Instant::now() + Duration::from_secs(180);
     while !remaining.is_empty() {
         if Instant::now() > deadline {
@@ -239,6 +250,9 @@ fn main() {
         }
         let Some(Ok(m)) = join.poll(Duration::from_millis(200)) else { continue };
         input_records += 1;
+        if let Some(ts) = m.timestamp().to_millis() {
+            first_input_ts = first_input_ts.min(ts);
+        }
         if let (Ok(ev), Some(ts)) =
             (serde_json::from_slice::<EventIn<'_>>(m.payload().unwrap_or(&[])), m.timestamp().to_millis())
         {
@@ -254,7 +268,8 @@ fn main() {
 
     // 3. Latencies.
     let (mut in_recv, mut in_send, mut send_recv, mut at_recv) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut no_trigger, mut unmatched, mut late) = (0u64, 0u64, 0u64);
+    let (mut no_trigger, mut unmatched, mut late, mut warmup) = (0u64, 0u64, 0u64, 0u64);
+    let since = first_input_ts.saturating_add(warmup_ms);
     let mut csv_out = csv.as_deref().map(|p| {
         let mut f = std::io::BufWriter::new(std::fs::File::create(p).expect("csv file"));
         writeln!(f, "recv_us,input_ts_ms,output_ts_ms,at_ms,event_id").expect("csv");
@@ -269,6 +284,10 @@ fn main() {
             unmatched += 1;
             continue;
         };
+        if in_ts < since {
+            warmup += 1;
+            continue;
+        }
         in_recv.push((s.recv_us - in_ts * 1000) as f64 / 1000.0);
         if let Some(out_ts) = s.out_ts_ms {
             in_send.push((out_ts - in_ts) as f64);
@@ -290,7 +309,7 @@ fn main() {
         f.flush().expect("csv");
     }
     println!(
-        "{{\"transitions\":{},\"unparsable\":{bad},\"no_trigger\":{no_trigger},\"unmatched\":{unmatched},\"late_excluded_from_at\":{late},\"input_records\":{input_records},\
+        "{{\"transitions\":{},\"unparsable\":{bad},\"no_trigger\":{no_trigger},\"unmatched\":{unmatched},\"late_excluded_from_at\":{late},\"warmup_excluded\":{warmup},\"input_records\":{input_records},\
 \"input_to_receive_ms\":{},\"input_to_send_ms\":{},\"send_to_receive_ms\":{},\"at_to_receive_ms\":{}}}",
         seen.len(),
         summary(in_recv),

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checks that a peer's transitions equal leadscore's, record for record.
 
-    compare.py REFERENCE.jsonl CANDIDATE.jsonl [--examples N] [--allow-repeats]
+    compare.py REFERENCE.jsonl CANDIDATE.jsonl [--examples N] [--allow-repeats] [--no-decay]
 
 REFERENCE is `leadscore replay --model bench/model.toml EVENTS.jsonl` (or a dump of leadscore's
 output topic); CANDIDATE is the peer's output topic, dumped read_committed. Both are JSON lines of
@@ -14,6 +14,10 @@ breakdown.engagement and every breakdown.groups value, compared as parsed double
 
 An id present twice in a file is a difference, unless --allow-repeats and the copies are equal
 (at-least-once delivery may repeat a transition after a crash; the benchmark's runs do not crash).
+
+With --no-decay, a decay-driven transition (trigger null) in either file is a difference too:
+bench/run's Kafka inputs and model are built so that none can happen (bench/model.toml), because
+`run` fires them on the wall clock and `replay` on the watermark.
 
 Prints one summary line per check and up to N examples (default 5) of each kind of difference.
 Exit status: 0 when equal, 1 when not, 2 on bad input.
@@ -80,6 +84,7 @@ def main():
     ap.add_argument("candidate")
     ap.add_argument("--examples", type=int, default=5)
     ap.add_argument("--allow-repeats", action="store_true")
+    ap.add_argument("--no-decay", action="store_true")
     args = ap.parse_args()
     try:
         ref, ref_rep, ref_bad = load(args.reference, args.allow_repeats)
@@ -105,9 +110,12 @@ def main():
           f"{decay_ref} decay-driven) from {args.reference}")
     print(f"candidate: {len(cand)} transitions ({decay_cand} decay-driven) from {args.candidate}")
     total = len(missing) + len(extra) + len(differing) + len(ref_rep) + len(cand_rep) + ref_bad + cand_bad
+    if args.no_decay:
+        total += decay_ref + decay_cand
     print(f"differences: {total} (missing from candidate {len(missing)}, extra in candidate {len(extra)}, "
           f"same id with different content {len(differing)}, repeated ids {len(ref_rep)} / {len(cand_rep)}, "
-          f"unreadable lines {ref_bad} / {cand_bad})")
+          f"unreadable lines {ref_bad} / {cand_bad}"
+          + (f", decay-driven {decay_ref} / {decay_cand}" if args.no_decay else "") + ")")
     n = args.examples
     for rid in missing[:n]:
         print(f"  missing: {json.dumps(ref[rid], separators=(',', ':'))}")

@@ -53,8 +53,16 @@ final class Engine {
         prefix = sb.toString();
     }
 
+    /**
+     * {@code -Dpeer.decay=java.pow} computes the decay with Java's {@code Math.pow} instead: within
+     * one ulp, and different in the last bit for some inputs. bench/run's offline stage uses it as
+     * a negative control, to show that compare.py catches a one-ulp difference.
+     */
+    private static final boolean JAVA_POW = "java.pow".equals(System.getProperty("peer.decay"));
+
     double decay(long dtMs) {
-        return GlibcPow2.pow2(-(double) dtMs / m.halfLifeMs);
+        double y = -(double) dtMs / m.halfLifeMs;
+        return JAVA_POW ? Math.pow(2.0, y) : GlibcPow2.pow2(y);
     }
 
     LeadState newLead(long tau) {
@@ -64,9 +72,14 @@ final class Engine {
         return s;
     }
 
-    /** Would this event be a duplicate for this lead (null: a new lead, never)? */
-    boolean isDuplicate(LeadState s, String eventId) {
-        return s != null && eventId != null && s.remembered(LeadState.hashId(eventId), window);
+    /**
+     * Would this event be a duplicate for this lead (null: a new lead, never)? Its id is
+     * remembered with a clock no older than τ - dedup_window, τ as it is before this event.
+     */
+    boolean isDuplicate(String leadId, LeadState s, String eventId, EventIds ids) {
+        if (s == null || eventId == null) return false;
+        long clock = ids.clock(leadId, LeadState.hashId(eventId));
+        return clock != EventIds.ABSENT && clock >= LeadState.satSub(s.tau, window);
     }
 
     /**
@@ -74,7 +87,7 @@ final class Engine {
      * Crossings due by {@code now} fire before it (as {@code run} fires due crossings before each
      * record) and after it (one it set up that is already due). Returns the state to store.
      */
-    LeadState apply(String leadId, LeadState s, Decoder.Event ev, long now, Out out) {
+    LeadState apply(String leadId, LeadState s, Decoder.Event ev, long now, EventIds ids, Out out) {
         long t = ev.timestampMs;
         if (s == null) {
             s = newLead(t);
@@ -141,7 +154,7 @@ final class Engine {
             s.fit = fitSum(s.attrs);
         }
 
-        if (ev.eventId != null) s.remember(LeadState.hashId(ev.eventId), window);
+        if (ev.eventId != null) ids.put(leadId, LeadState.hashId(ev.eventId), s.tau);
 
         // The check, at a = max(τ, at of the previous transition).
         long a = Math.max(s.tau, s.lastAt);

@@ -8,14 +8,16 @@ import org.apache.kafka.common.serialization.Serde;
 import org.apache.kafka.common.serialization.Serializer;
 
 /**
- * One lead's state: what leadscore keeps per lead (src/engine), plus its remembered event ids.
+ * One lead's state: what leadscore keeps per lead (src/engine). Its remembered event ids are not
+ * here but in their own store ({@link EventIds}), one entry per id.
  *
  * <p>It is the value of the {@code leads} key-value store, so it crosses a serde on every read
- * and write (the in-memory store and the record cache hold bytes, not objects). The format is
- * compact and allocation-light: a bit mask says which of the engagement columns and limit states
- * are present (most leads touch one or two groups), attributes are tagged values, and event ids
- * are 64-bit hashes with the lead clock at which each was seen, as leadscore keeps them (its
- * changelog record carries them the same way). The serde is stateless and shared.
+ * and write (the in-memory store and the record cache hold bytes, not objects). That is why the
+ * ids are kept apart: in the value, a busy lead's thousands of ids would be copied twice per event
+ * (an O(ids) serde per record, quadratic over a busy lead's life). The format is compact and
+ * allocation-light: a bit mask says which of the engagement columns and limit states are present
+ * (most leads touch one or two groups) and attributes are tagged values. The serde is stateless
+ * and shared.
  */
 final class LeadState {
     static final long NO_WINDOW = -1L; // leadscore's u64::MAX: no match of a limited rule yet
@@ -37,51 +39,11 @@ final class LeadState {
     final long[] limits;
     /** Fit attributes (Model.attrNames order); null until the first profile_update. */
     Object[] attrs;
-    /** Remembered event ids: hash and the lead clock after the event, oldest first. */
-    int nIds;
-    long[] idHash = EMPTY;
-    long[] idClock = EMPTY;
-
-    private static final long[] EMPTY = new long[0];
 
     LeadState(int nGroups, int nLimits) {
         groups = new double[nGroups];
         limits = new long[nLimits];
         Arrays.fill(limits, NO_WINDOW);
-    }
-
-    /** Is this id remembered with a clock no older than τ - window? (spec section 4, dedup) */
-    boolean remembered(long hash, long windowMs) {
-        long oldest = satSub(tau, windowMs);
-        for (int i = nIds - 1; i >= 0; i--) {
-            if (idHash[i] == hash) return idClock[i] >= oldest;
-        }
-        return false;
-    }
-
-    /**
-     * Remembers an id at the current clock. Ids the window no longer covers go (τ never moves
-     * back, so they can never make a duplicate again); the same id again takes the newer clock.
-     */
-    void remember(long hash, long windowMs) {
-        long oldest = satSub(tau, windowMs);
-        int w = 0;
-        for (int r = 0; r < nIds; r++) {
-            if (idHash[r] != hash && idClock[r] >= oldest) {
-                idHash[w] = idHash[r];
-                idClock[w] = idClock[r];
-                w++;
-            }
-        }
-        nIds = w;
-        if (nIds == idHash.length) {
-            int cap = Math.max(4, nIds * 2);
-            idHash = Arrays.copyOf(idHash, cap);
-            idClock = Arrays.copyOf(idClock, cap);
-        }
-        idHash[nIds] = hash;
-        idClock[nIds] = tau;
-        nIds++;
     }
 
     static long satSub(long a, long b) {
@@ -108,7 +70,7 @@ final class LeadState {
     // ---------------------------------------------------------------------------------------------
     // Serde
 
-    private static final byte VERSION = 1;
+    private static final byte VERSION = 2;
     private static final int F_QUALIFIED = 1, F_LAST_AT = 2, F_TIMER = 4, F_ATTRS = 8;
     private static final byte A_ABSENT = 0, A_STR = 1, A_NUM = 2, A_TRUE = 3, A_FALSE = 4, A_COMPOSITE = 5;
 
@@ -178,7 +140,7 @@ final class LeadState {
         int flags = (s.qualified ? F_QUALIFIED : 0) | (s.lastAt != Long.MIN_VALUE ? F_LAST_AT : 0)
                 | (s.timerDue != NO_TIMER ? F_TIMER : 0) | (s.attrs != null ? F_ATTRS : 0);
         int size = 1 + 1 + 4 + 8 + (s.lastAt != Long.MIN_VALUE ? 8 : 0) + (s.timerDue != NO_TIMER ? 8 : 0)
-                + 8 + 8 * words + attrBytes + 4 + 16 * s.nIds;
+                + 8 + 8 * words + attrBytes;
         ByteBuffer b = ByteBuffer.allocate(size);
         b.put(VERSION).put((byte) flags).putInt(s.transitions).putLong(s.tau);
         if (s.lastAt != Long.MIN_VALUE) b.putLong(s.lastAt);
@@ -205,9 +167,6 @@ final class LeadState {
                 }
             }
         }
-        b.putInt(s.nIds);
-        // Bulk copies: a busy lead remembers thousands of ids.
-        b.asLongBuffer().put(s.idHash, 0, s.nIds).put(s.idClock, 0, s.nIds);
         return b.array();
     }
 
@@ -244,15 +203,6 @@ final class LeadState {
                     default -> s.attrs[i] = null;
                 }
             }
-        }
-        int n = b.getInt();
-        if (n > 0) {
-            int cap = Math.max(4, n + n / 2);
-            s.idHash = new long[cap];
-            s.idClock = new long[cap];
-            var lb = b.asLongBuffer();
-            lb.get(s.idHash, 0, n).get(s.idClock, 0, n);
-            s.nIds = n;
         }
         return s;
     }

@@ -11,10 +11,14 @@ import java.util.Map;
  * <pre>
  *   run     --brokers B --input T --output T --dead-letters T --application-id ID --model M
  *           [--guarantee exactly_once_v2|at_least_once] [--store memory|rocksdb]
- *           [--commit-interval-ms 100] [--threads 2] [--cache-mib 64] [--rocksdb-mib 256]
- *           [--linger-ms 5] [--state-dir DIR] [--max-future-skew-ms 300000] [--exit-at-end]
+ *           [--commit-interval-ms 100 (EOS) | 30000 (ALO)] [--threads <cores>] [--cache-mib 64]
+ *           [--rocksdb-mib 256] [--linger-ms 1] [--state-dir DIR] [--max-future-skew-ms 300000] [--exit-at-end]
+ *           [--expect-records N] [--skip-commit-wait]
  *   load    --brokers B --topic T FILE.jsonl      JSON lines to a topic, keyed by lead id
  *   dump    --brokers B --topic T --out FILE      a topic's values as lines, read_committed
+ *   create-topics --brokers B NAME:PARTITIONS...  topics in one Admin request
+ *   await-committed --brokers B --group G --topic T [--timeout-s S]
+ *                                                 waits until G has committed T's end offsets
  *   replay  --model M [--until MS] FILE.jsonl     the engine without Kafka, in event time
  *   selftest                                      the bit-exact decay against glibc vectors
  * </pre>
@@ -31,6 +35,9 @@ public final class Main {
             case "run" -> rc = PeerApp.run(a);
             case "load" -> rc = Tools.load(a.req("brokers"), a.req("topic"), a.positional());
             case "dump" -> rc = Tools.dump(a.req("brokers"), a.req("topic"), a.req("out"));
+            case "create-topics" -> rc = Tools.createTopics(a.req("brokers"), a.positionals());
+            case "await-committed" -> rc = Tools.awaitCommitted(a.req("brokers"), a.req("group"), a.req("topic"),
+                    a.num("timeout-s", 600));
             case "replay" -> {
                 String until = a.opt("until", null);
                 rc = LocalReplay.run(Model.load(a.req("model")), a.positional(),
@@ -47,7 +54,7 @@ public final class Main {
     }
 
     static void usage(String why) {
-        System.err.println("leadscore-streams-peer: " + why + "\nusage: run|load|dump|replay|selftest [--flag value ...] (see README.md)");
+        System.err.println("leadscore-streams-peer: " + why + "\nusage: run|load|dump|create-topics|await-committed|replay|selftest [--flag value ...] (see README.md)");
         System.exit(2);
     }
 
@@ -55,6 +62,7 @@ public final class Main {
     static final class Args {
         private final Map<String, String> flags = new HashMap<>();
         private String positional;
+        private final List<String> all = new java.util.ArrayList<>();
 
         Args(List<String> args) {
             for (int i = 0; i < args.size(); i++) {
@@ -66,10 +74,9 @@ public final class Main {
                     } else {
                         flags.put(name, "true");
                     }
-                } else if (positional == null) {
-                    positional = s;
                 } else {
-                    usage("unexpected argument " + s);
+                    all.add(s);
+                    if (positional == null) positional = s;
                 }
             }
         }
@@ -95,7 +102,12 @@ public final class Main {
 
         String positional() throws IOException {
             if (positional == null) usage("a file argument is required");
+            if (all.size() > 1) usage("unexpected argument " + all.get(1));
             return positional;
+        }
+
+        List<String> positionals() {
+            return all;
         }
     }
 }

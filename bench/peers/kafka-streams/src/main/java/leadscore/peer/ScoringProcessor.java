@@ -20,17 +20,19 @@ import org.apache.kafka.streams.state.KeyValueStore;
 /**
  * The per-record work of the peer (Processor API): decode, dedup, score, emit.
  *
- * <p>One instance per stream task (input partition). State lives in two key-value stores that
+ * <p>One instance per stream task (input partition). State lives in three key-value stores that
  * Kafka Streams owns, changelogs and all, so the guarantee (exactly_once_v2 or at_least_once)
- * covers it: {@code leads} (lead id to {@link LeadState}) and {@code crossings} (due time and lead
- * id to nothing), the index of pending decay-driven crossings that a wall-clock punctuation scans
- * every commit interval, as {@code leadscore run} checks its timer heap. Transitions go to the
+ * covers it: {@code leads} (lead id to {@link LeadState}), {@code event-ids} (lead id and id hash
+ * to the clock it was seen at: {@link EventIds}) and {@code crossings} (due time and lead id to
+ * nothing), the index of pending decay-driven crossings that a wall-clock punctuation scans
+ * every 100 ms, as {@code leadscore run} checks its timer heap every commit interval (100 ms). Transitions go to the
  * {@code transitions} sink keyed by lead id; rejected records go, bytes, key and headers
  * unchanged, to the {@code dead-letters} sink with leadscore's error headers.
  */
 final class ScoringProcessor implements Processor<byte[], byte[], byte[], byte[]> {
     static final String LEADS = "leads";
     static final String CROSSINGS = "crossings";
+    static final String EVENT_IDS = "event-ids";
     static final String TRANSITIONS = "transitions";
     static final String DEAD_LETTERS = "dead-letters";
 
@@ -53,6 +55,7 @@ final class ScoringProcessor implements Processor<byte[], byte[], byte[], byte[]
     private ProcessorContext<byte[], byte[]> ctx;
     private KeyValueStore<String, LeadState> leads;
     private KeyValueStore<Bytes, byte[]> crossings;
+    private EventIds ids;
     /** The output timestamp of the current transitions: when they are sent, as leadscore's. */
     private long sendTime;
 
@@ -84,6 +87,8 @@ final class ScoringProcessor implements Processor<byte[], byte[], byte[], byte[]
         this.ctx = context;
         this.leads = context.getStateStore(LEADS);
         this.crossings = context.getStateStore(CROSSINGS);
+        KeyValueStore<Bytes, byte[]> idStore = context.getStateStore(EVENT_IDS);
+        this.ids = EventIds.of(idStore);
         // leadscore run checks its timers before each record and every commit interval, on the
         // wall clock. Here: a lead's own due crossings before and after each of its events
         // (Engine.apply), and this scan for leads that get no event.
@@ -104,12 +109,12 @@ final class ScoringProcessor implements Processor<byte[], byte[], byte[], byte[]
         }
         Decoder.Event ev = decoder.ev;
         LeadState s = leads.get(ev.leadId);
-        if (engine.isDuplicate(s, ev.eventId)) {
+        if (engine.isDuplicate(ev.leadId, s, ev.eventId, ids)) {
             REJECTED[Decoder.Reason.DUPLICATE.ordinal()].increment(); // counted, not dead-lettered
             return;
         }
         sendTime = now;
-        s = engine.apply(ev.leadId, s, ev, now, out);
+        s = engine.apply(ev.leadId, s, ev, now, ids, out);
         leads.put(ev.leadId, s);
         ACCEPTED.increment();
     }

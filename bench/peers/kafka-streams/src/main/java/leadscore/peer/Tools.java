@@ -16,8 +16,14 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
 import java.util.Properties;
+import java.util.HashMap;
+import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicReference;
+import org.apache.kafka.clients.admin.Admin;
+import org.apache.kafka.clients.admin.AdminClientConfig;
+import org.apache.kafka.clients.admin.OffsetSpec;
 import org.apache.kafka.clients.consumer.ConsumerConfig;
+import org.apache.kafka.clients.consumer.OffsetAndMetadata;
 import org.apache.kafka.clients.consumer.ConsumerRecord;
 import org.apache.kafka.clients.consumer.KafkaConsumer;
 import org.apache.kafka.clients.producer.KafkaProducer;
@@ -162,6 +168,68 @@ final class Tools {
             }
         }
         System.out.printf("{\"records\":%d}%n", records);
+        return 0;
+    }
+
+    /**
+     * Waits until consumer group {@code group} has committed, on every partition of {@code topic},
+     * the topic's end offset as of the call (a preloaded topic: the end does not move), polling
+     * the group's offsets every 20 ms from outside the measured process; prints {@code
+     * {"committed_at_ms": <wall clock>}}. bench/run uses it to time leadscore's catch-up without
+     * scraping its /metrics, which walks every lead (docs/performance-kafka.md, finding 3).
+     */
+    static int awaitCommitted(String brokers, String group, String topic, long timeoutS) throws Exception {
+        try (Admin admin = Admin.create(Map.of(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, brokers))) {
+            Map<TopicPartition, OffsetSpec> req = new HashMap<>();
+            admin.describeTopics(List.of(topic)).allTopicNames().get(30, TimeUnit.SECONDS).get(topic).partitions()
+                    .forEach(pi -> req.put(new TopicPartition(topic, pi.partition()), OffsetSpec.latest()));
+            Map<TopicPartition, Long> end = new HashMap<>();
+            admin.listOffsets(req).all().get(30, TimeUnit.SECONDS).forEach((tp, info) -> end.put(tp, info.offset()));
+            System.err.println("await-committed: ready");
+            long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(timeoutS);
+            while (true) {
+                Map<TopicPartition, OffsetAndMetadata> c =
+                        admin.listConsumerGroupOffsets(group).partitionsToOffsetAndMetadata().get(30, TimeUnit.SECONDS);
+                boolean done = true;
+                for (Map.Entry<TopicPartition, Long> e : end.entrySet()) {
+                    OffsetAndMetadata o = c.get(e.getKey());
+                    if (e.getValue() > 0 && (o == null || o.offset() < e.getValue())) {
+                        done = false;
+                        break;
+                    }
+                }
+                if (done) {
+                    System.out.printf("{\"committed_at_ms\":%d}%n", System.currentTimeMillis());
+                    return 0;
+                }
+                if (System.nanoTime() > deadline) {
+                    System.err.println("await-committed: group " + group + " did not commit the end of " + topic
+                            + " within " + timeoutS + " s");
+                    return 1;
+                }
+                Thread.sleep(20);
+            }
+        }
+    }
+
+    /**
+     * Creates topics in one Admin request ({@code name:partitions} each, replication factor 1):
+     * bench/run creates dozens, and one JVM start per topic (the kafka-topics tool) costs seconds.
+     */
+    static int createTopics(String brokers, List<String> specs) throws Exception {
+        List<org.apache.kafka.clients.admin.NewTopic> topics = new ArrayList<>();
+        for (String spec : specs) {
+            int colon = spec.lastIndexOf(':');
+            if (colon <= 0) {
+                System.err.println("create-topics: expected name:partitions, got " + spec);
+                return 2;
+            }
+            topics.add(new org.apache.kafka.clients.admin.NewTopic(spec.substring(0, colon),
+                    Integer.parseInt(spec.substring(colon + 1)), (short) 1));
+        }
+        try (Admin admin = Admin.create(Map.of(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, brokers))) {
+            admin.createTopics(topics).all().get(60, TimeUnit.SECONDS);
+        }
         return 0;
     }
 }
