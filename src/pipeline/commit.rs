@@ -12,7 +12,12 @@
 //! - **exactly_once**: one transaction per interval holds the transitions, dead letters,
 //!   forwarded records, changelog records and the input offsets (`send_offsets_to_transaction`
 //!   with the consumer's live group metadata, which fences zombies). An abortable error aborts
-//!   it, and the caller rolls the state back ([`Committer::rewind`]).
+//!   it, and the caller rolls the state back ([`Committer::rewind`]). A transaction commits on
+//!   a thread of its own ([`run_commits`]): committing waits for the broker to acknowledge
+//!   everything in it (at catch-up rates, tens of thousands of changelog records) and then for
+//!   the coordinator, and the pipeline keeps consuming and scoring meanwhile. What it produces
+//!   meanwhile cannot join a transaction that is committing, so it is held ([`Deferred`]) and
+//!   sent into the next transaction as soon as this one is done, with the positions it covers.
 //!
 //! The producer is a `ThreadedProducer`: its own thread serves delivery reports, so the counts
 //! and the latency histogram are up to date without the pipeline polling, and transaction calls
@@ -20,11 +25,13 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerGroupMetadata};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset};
 use tracing::{debug, error, info, warn};
@@ -148,6 +155,172 @@ struct Txn {
     attempts: u64,
 }
 
+/// A transaction handed to the committer thread: the input offsets it covers (and the group
+/// metadata to send them with), or an abort (the test hook, or no group metadata).
+struct CommitJob {
+    offsets: rdkafka::TopicPartitionList,
+    group: Option<ConsumerGroupMetadata>,
+    abort: bool,
+    since: Vec<i64>,
+    started: Instant,
+}
+
+/// What the committer thread did with a [`CommitJob`]: committed (`Ok(true)`), aborted
+/// (`Ok(false)`: the state must be rolled back), or failed for good.
+struct CommitDone {
+    result: Result<bool, KafkaError>,
+    offsets: rdkafka::TopicPartitionList,
+    since: Vec<i64>,
+    started: Instant,
+}
+
+/// The committer thread: commits (or aborts) each transaction handed to it. Its calls block,
+/// which is why they run here and not on the pipeline thread; librdkafka's transactional API may
+/// be called from another thread than the one producing.
+fn run_commits(producer: Arc<OutputProducer>, jobs: Receiver<CommitJob>, done: Sender<CommitDone>) {
+    for job in jobs {
+        let result = if job.abort {
+            abort_txn(&producer).map(|()| false)
+        } else {
+            commit_txn(&producer, &job.offsets, job.group.as_ref())
+        };
+        let reply = CommitDone { result, offsets: job.offsets, since: job.since, started: job.started };
+        if done.send(reply).is_err() {
+            return;
+        }
+    }
+}
+
+/// Waits until every record sent so far is acknowledged and its delivery report served.
+/// (rust-rdkafka's `flush` polls in 100 ms slices that always run to their end.)
+fn wait_delivered(producer: &OutputProducer, timeout: Duration) -> Result<(), KafkaError> {
+    let deadline = Instant::now() + timeout;
+    // flush(0) is rd_kafka_flush(0): it sends lingering batches at once and says whether
+    // anything is still outstanding; the producer's thread serves the reports.
+    while let Err(e) = producer.flush(Duration::ZERO) {
+        if Instant::now() >= deadline {
+            return Err(e);
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    Ok(())
+}
+
+/// Sends the offsets and commits the open transaction; `Ok(false)` when it had to be aborted.
+fn commit_txn(
+    producer: &OutputProducer,
+    offsets: &rdkafka::TopicPartitionList,
+    group: Option<&ConsumerGroupMetadata>,
+) -> Result<bool, KafkaError> {
+    if let Some(group) = group.filter(|_| offsets.count() > 0) {
+        loop {
+            match producer.send_offsets_to_transaction(offsets, group, TXN_TIMEOUT) {
+                Ok(()) => break,
+                Err(e) => match classify(&e) {
+                    Failure::Retry => continue,
+                    Failure::Abort => {
+                        warn!(error = %e, "sending offsets failed; aborting the transaction");
+                        return abort_txn(producer).map(|()| false);
+                    }
+                    Failure::Fatal => return Err(e),
+                },
+            }
+        }
+    }
+    // rust-rdkafka's commit_transaction flushes first, in 100 ms poll slices that always run to
+    // their end; with everything delivered already its flush returns at once.
+    let _ = wait_delivered(producer, TXN_TIMEOUT);
+    loop {
+        match producer.commit_transaction(TXN_TIMEOUT) {
+            Ok(()) => return Ok(true),
+            Err(e) => match classify(&e) {
+                Failure::Retry => continue,
+                Failure::Abort => {
+                    warn!(error = %e, "commit failed; aborting the transaction");
+                    return abort_txn(producer).map(|()| false);
+                }
+                Failure::Fatal => return Err(e),
+            },
+        }
+    }
+}
+
+/// Aborts the open transaction.
+fn abort_txn(producer: &OutputProducer) -> Result<(), KafkaError> {
+    // Deliver what is queued first (it stays invisible: the transaction aborts). An abort that
+    // purges records whose AddPartitionsToTxn has not completed yet sends EndTxn for a
+    // transaction the coordinator holds as empty; the broker answers INVALID_TXN_STATE and
+    // librdkafka makes the producer fatal (librdkafka #4849, open). Bounded by the transaction
+    // timeout; a delivery that fails for good is purged by the abort.
+    let _ = wait_delivered(producer, TXN_TIMEOUT);
+    loop {
+        match producer.abort_transaction(TXN_TIMEOUT) {
+            Ok(()) => break,
+            Err(e) if matches!(classify(&e), Failure::Retry) => debug!(error = %e, "abort not complete yet"),
+            Err(e) => return Err(e),
+        }
+    }
+    producer.context().failed.store(0, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Where an outgoing record goes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Destination {
+    Transitions,
+    DeadLetters,
+    Repartition,
+}
+
+/// A record to produce, borrowed from what caused it.
+pub(crate) struct Outgoing<'a> {
+    pub destination: Destination,
+    pub partition: Option<i32>,
+    pub key: Option<&'a [u8]>,
+    pub payload: Option<&'a [u8]>,
+    pub headers: Option<OwnedHeaders>,
+    pub timestamp: Option<i64>,
+    /// What a transition's latency is measured from (epoch ms).
+    pub since_ms: Option<i64>,
+}
+
+/// An [`Outgoing`] record held while a transaction commits (exactly-once).
+pub(crate) struct Deferred {
+    destination: Destination,
+    partition: Option<i32>,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+    headers: Option<OwnedHeaders>,
+    timestamp: Option<i64>,
+    since_ms: Option<i64>,
+}
+
+impl Deferred {
+    fn new(o: Outgoing<'_>) -> Deferred {
+        Deferred {
+            destination: o.destination,
+            partition: o.partition,
+            key: o.key.map(<[u8]>::to_vec),
+            payload: o.payload.map(<[u8]>::to_vec),
+            headers: o.headers,
+            timestamp: o.timestamp,
+            since_ms: o.since_ms,
+        }
+    }
+
+    fn outgoing(&mut self) -> Outgoing<'_> {
+        Outgoing {
+            destination: self.destination,
+            partition: self.partition,
+            key: self.key.as_deref(),
+            payload: self.payload.as_deref(),
+            headers: self.headers.take(),
+            timestamp: self.timestamp,
+            since_ms: self.since_ms,
+        }
+    }
+}
+
 /// At-least-once epochs closed and not committed yet: their number, the positions reached when
 /// they closed, and when.
 #[derive(Default)]
@@ -158,14 +331,21 @@ struct Epochs {
 /// Commits, for the loop and the rebalance callbacks alike (both run on the pipeline thread).
 pub struct Committer {
     pub(crate) cfg: Config,
+    /// `cfg.kafka.repartition_topic()`, named once.
+    repartition_topic: String,
     pub(crate) shared: Arc<Shared>,
-    pub(crate) producer: OutputProducer,
+    pub(crate) producer: Arc<OutputProducer>,
     pub(crate) metrics: Metrics,
     pub(crate) health: Arc<Health>,
     pub(crate) exactly_once: bool,
     txn: Mutex<Txn>,
     /// `txn.open`, readable without the lock on every record.
     txn_open: AtomicBool,
+    /// A transaction is with the committer thread: records produced now are deferred.
+    committing: AtomicBool,
+    deferred: Mutex<Vec<Deferred>>,
+    jobs: Mutex<Option<Sender<CommitJob>>>,
+    done: Mutex<Receiver<CommitDone>>,
     /// The current epoch (at-least-once).
     epoch: AtomicU64,
     epochs: Mutex<Epochs>,
@@ -187,9 +367,20 @@ impl Committer {
         metrics: Metrics,
         health: Arc<Health>,
         abort_every: Option<u64>,
-    ) -> Committer {
+    ) -> Result<Committer, PipelineError> {
         let exactly_once = cfg.kafka.processing_guarantee == crate::config::ProcessingGuarantee::ExactlyOnce;
-        Committer {
+        let producer = Arc::new(producer);
+        let (jobs, job_queue) = std::sync::mpsc::channel();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        if exactly_once {
+            let p = Arc::clone(&producer);
+            std::thread::Builder::new()
+                .name("leadscore-commit".into())
+                .spawn(move || run_commits(p, job_queue, done_tx))
+                .map_err(|e| PipelineError::Restore(format!("cannot start the committer thread: {e}")))?;
+        }
+        Ok(Committer {
+            repartition_topic: cfg.kafka.repartition_topic(),
             cfg,
             shared,
             producer,
@@ -198,13 +389,17 @@ impl Committer {
             exactly_once,
             txn: Mutex::new(Txn::default()),
             txn_open: AtomicBool::new(false),
+            committing: AtomicBool::new(false),
+            deferred: Mutex::new(Vec::new()),
+            jobs: Mutex::new(Some(jobs)),
+            done: Mutex::new(done),
             epoch: AtomicU64::new(0),
             epochs: Mutex::new(Epochs::default()),
             abort_every,
             failure: Mutex::new(None),
             rewind_needed: AtomicBool::new(false),
             rebalances: AtomicU64::new(0),
-        }
+        })
     }
 
     pub(crate) fn fail(&self, e: PipelineError) {
@@ -277,6 +472,43 @@ impl Committer {
         }
     }
 
+    /// Produces a record now, or holds it until the transaction being committed is done
+    /// (exactly-once), so that it joins the next one.
+    pub(crate) fn produce(&self, o: Outgoing<'_>) {
+        if self.committing.load(Ordering::Relaxed) {
+            lock(&self.deferred).push(Deferred::new(o));
+        } else {
+            self.produce_now(o);
+        }
+    }
+
+    fn produce_now(&self, o: Outgoing<'_>) {
+        let k = &self.cfg.kafka;
+        let topic = match o.destination {
+            Destination::Transitions => k.output_topic.as_str(),
+            Destination::DeadLetters => k.dead_letter_topic.as_str(),
+            Destination::Repartition => self.repartition_topic.as_str(),
+        };
+        let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, self.before_send(o.since_ms));
+        if let Some(p) = o.partition {
+            record = record.partition(p);
+        }
+        if let Some(key) = o.key {
+            record = record.key(key);
+        }
+        // Bytes unchanged: a record without a value stays without one.
+        if let Some(payload) = o.payload {
+            record = record.payload(payload);
+        }
+        if let Some(h) = o.headers {
+            record = record.headers(h);
+        }
+        if let Some(ts) = o.timestamp {
+            record = record.timestamp(ts);
+        }
+        self.send(record);
+    }
+
     /// Sends the changelog records of every change since the last commit.
     fn send_changelog(&self) {
         let topic = self.cfg.kafka.state_topic.as_str();
@@ -293,26 +525,16 @@ impl Committer {
         self.metrics.changelog_records.inc_by(n);
     }
 
-    /// Waits until every record sent so far is acknowledged and its delivery report served.
-    /// (rust-rdkafka's `flush` polls in 100 ms slices that always run to their end.)
-    fn wait_delivered(&self, timeout: Duration) -> Result<(), KafkaError> {
-        let deadline = Instant::now() + timeout;
-        // flush(0) is rd_kafka_flush(0): it sends lingering batches at once and says whether
-        // anything is still outstanding; the producer's thread serves the reports.
-        while let Err(e) = self.producer.flush(Duration::ZERO) {
-            if Instant::now() >= deadline {
-                return Err(e);
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        Ok(())
-    }
-
     /// The periodic commit (every `commit_interval_ms`): never waits for the broker under
     /// at-least-once; commits the transaction under exactly-once.
     pub(crate) fn commit_tick(&self, consumer: &BaseConsumer<Rebalancing>) -> Result<Committed, PipelineError> {
         if self.exactly_once {
-            return self.commit_transaction(consumer);
+            if self.committing.load(Ordering::Relaxed) {
+                // The previous transaction is still committing: this interval's work joins the
+                // next one.
+                return Ok(Committed::Nothing);
+            }
+            return self.start_transaction_commit(consumer);
         }
         self.send_changelog();
         self.close_epoch();
@@ -323,12 +545,18 @@ impl Committer {
     /// Commits everything processed so far, and waits for it (revoke, shutdown).
     pub(crate) fn commit_now(&self, consumer: &BaseConsumer<Rebalancing>) -> Result<Committed, PipelineError> {
         if self.exactly_once {
-            return self.commit_transaction(consumer);
+            if self.transaction_done(true)? == Committed::Aborted {
+                return Ok(Committed::Aborted);
+            }
+            if self.start_transaction_commit(consumer)? == Committed::Nothing {
+                return Ok(Committed::Nothing);
+            }
+            return self.transaction_done(true);
         }
         let started = Instant::now();
         self.send_changelog();
         self.close_epoch();
-        self.wait_delivered(Duration::from_secs(60)).map_err(PipelineError::Flush)?;
+        wait_delivered(&self.producer, Duration::from_secs(60)).map_err(PipelineError::Flush)?;
         let failed = self.producer.context().failed.load(Ordering::Relaxed);
         if failed > 0 {
             self.metrics.commits.with_label_values(&["failed"]).inc();
@@ -416,97 +644,103 @@ impl Committer {
     }
 
     /// Exactly-once: the changelog records and the offsets join the open transaction (opened
-    /// now if nothing was sent yet), which then commits.
-    fn commit_transaction(&self, consumer: &BaseConsumer<Rebalancing>) -> Result<Committed, PipelineError> {
+    /// now if nothing was sent yet), which goes to the committer thread. Records produced from
+    /// now on are deferred until it is done ([`Committer::transaction_done`]).
+    fn start_transaction_commit(&self, consumer: &BaseConsumer<Rebalancing>) -> Result<Committed, PipelineError> {
         let started = Instant::now();
-        let mut txn = lock(&self.txn);
         let offsets = self.shared.offsets_to_commit(None);
-        if !txn.open && offsets.count() == 0 && self.shared.changed_leads() == 0 {
-            return Ok(Committed::Nothing);
+        {
+            let mut txn = lock(&self.txn);
+            if !txn.open && offsets.count() == 0 && self.shared.changed_leads() == 0 {
+                return Ok(Committed::Nothing);
+            }
+            self.begin(&mut txn)?;
         }
-        self.begin(&mut txn)?;
-        drop(txn);
         self.send_changelog();
         let mut txn = lock(&self.txn);
         txn.attempts += 1;
+        let mut abort = false;
         if self.abort_every.is_some_and(|n| txn.attempts % n == 0) {
             info!(attempt = txn.attempts, "test hook: aborting this transaction");
-            return self.abort_locked(&mut txn);
+            abort = true;
         }
-        if offsets.count() > 0 {
-            let Some(group) = consumer.group_metadata() else {
-                // Not a group member right now: these offsets cannot be committed by us.
-                warn!("no group metadata; aborting the transaction");
-                return self.abort_locked(&mut txn);
-            };
-            loop {
-                match self.producer.send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT) {
-                    Ok(()) => break,
-                    Err(e) => match classify(&e) {
-                        Failure::Retry => continue,
-                        Failure::Abort => {
-                            warn!(error = %e, "sending offsets failed; aborting the transaction");
-                            return self.abort_locked(&mut txn);
-                        }
-                        Failure::Fatal => return Err(PipelineError::Transaction(e)),
-                    },
-                }
-            }
+        let group = if offsets.count() > 0 { consumer.group_metadata() } else { None };
+        if offsets.count() > 0 && group.is_none() {
+            // Not a group member right now: these offsets cannot be committed by us.
+            warn!("no group metadata; aborting the transaction");
+            abort = true;
         }
-        // rust-rdkafka's commit_transaction flushes first, in 100 ms poll slices that always run
-        // to their end; with everything delivered already its flush returns at once.
-        let _ = self.wait_delivered(TXN_TIMEOUT);
-        loop {
-            match self.producer.commit_transaction(TXN_TIMEOUT) {
-                Ok(()) => break,
-                Err(e) => match classify(&e) {
-                    Failure::Retry => continue,
-                    Failure::Abort => {
-                        warn!(error = %e, "commit failed; aborting the transaction");
-                        return self.abort_locked(&mut txn);
-                    }
-                    Failure::Fatal => return Err(PipelineError::Transaction(e)),
-                },
-            }
-        }
+        let since = std::mem::take(&mut txn.since);
         txn.open = false;
         self.txn_open.store(false, Ordering::Relaxed);
-        self.shared.committed(&offsets);
-        let now = wall_ms();
-        for since in txn.since.drain(..) {
-            self.metrics.transition_latency.observe((now - since).max(0) as f64 / 1000.0);
+        self.committing.store(true, Ordering::Relaxed);
+        let job = CommitJob { offsets, group, abort, since, started };
+        let sent = lock(&self.jobs).as_ref().is_some_and(|jobs| jobs.send(job).is_ok());
+        if !sent {
+            return Err(PipelineError::Restore("the committer thread is gone".into()));
         }
-        self.metrics.commits.with_label_values(&["ok"]).inc();
-        self.metrics.commit_seconds.with_label_values(&["exactly_once"]).observe(started.elapsed().as_secs_f64());
         Ok(Committed::Done)
     }
 
-    /// Aborts the open transaction (exactly-once); the caller rolls the state back.
-    pub(crate) fn abort(&self) -> Result<Committed, PipelineError> {
-        let mut txn = lock(&self.txn);
-        self.abort_locked(&mut txn)
-    }
-
-    fn abort_locked(&self, txn: &mut Txn) -> Result<Committed, PipelineError> {
-        if txn.open {
-            // Deliver what is queued first (it stays invisible: the transaction aborts). An abort
-            // that purges records whose AddPartitionsToTxn has not completed yet sends EndTxn for
-            // a transaction the coordinator holds as empty; the broker answers
-            // INVALID_TXN_STATE and librdkafka makes the producer fatal (librdkafka #4849, open).
-            // Bounded by the transaction timeout; a delivery that fails for good is purged below.
-            let _ = self.wait_delivered(TXN_TIMEOUT);
-            loop {
-                match self.producer.abort_transaction(TXN_TIMEOUT) {
-                    Ok(()) => break,
-                    Err(e) if matches!(classify(&e), Failure::Retry) => debug!(error = %e, "abort not complete yet"),
-                    Err(e) => return Err(PipelineError::Transaction(e)),
+    /// Exactly-once: what became of the transaction with the committer thread, if any (`wait`:
+    /// waits for it). Once it is committed, the deferred records go into the next transaction;
+    /// once it is aborted, they are dropped and the caller rolls the state back.
+    pub(crate) fn transaction_done(&self, wait: bool) -> Result<Committed, PipelineError> {
+        if !self.committing.load(Ordering::Relaxed) {
+            return Ok(Committed::Nothing);
+        }
+        let done = {
+            let rx = lock(&self.done);
+            if wait {
+                rx.recv().map_err(|_| PipelineError::Restore("the committer thread is gone".into()))?
+            } else {
+                match rx.try_recv() {
+                    Ok(d) => d,
+                    Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(Committed::Nothing),
+                    Err(_) => return Err(PipelineError::Restore("the committer thread is gone".into())),
                 }
             }
+        };
+        self.committing.store(false, Ordering::Relaxed);
+        match done.result {
+            Ok(true) => {
+                self.shared.committed(&done.offsets);
+                let now = wall_ms();
+                for since in done.since {
+                    self.metrics.transition_latency.observe((now - since).max(0) as f64 / 1000.0);
+                }
+                self.metrics.commits.with_label_values(&["ok"]).inc();
+                self.metrics
+                    .commit_seconds
+                    .with_label_values(&["exactly_once"])
+                    .observe(done.started.elapsed().as_secs_f64());
+                let deferred = std::mem::take(&mut *lock(&self.deferred));
+                for mut d in deferred {
+                    self.produce_now(d.outgoing());
+                }
+                Ok(Committed::Done)
+            }
+            Ok(false) => {
+                lock(&self.deferred).clear();
+                self.metrics.commits.with_label_values(&["aborted"]).inc();
+                Ok(Committed::Aborted)
+            }
+            Err(e) => Err(PipelineError::Transaction(e)),
+        }
+    }
+
+    /// Aborts the open transaction, after the one with the committer thread is done (a lost
+    /// assignment: nothing of ours may commit from here); the caller rolls the state back.
+    pub(crate) fn abort(&self) -> Result<Committed, PipelineError> {
+        self.transaction_done(true)?;
+        lock(&self.deferred).clear();
+        let mut txn = lock(&self.txn);
+        if txn.open {
+            abort_txn(&self.producer).map_err(PipelineError::Transaction)?;
         }
         txn.open = false;
         self.txn_open.store(false, Ordering::Relaxed);
         txn.since.clear();
-        self.producer.context().failed.store(0, Ordering::Relaxed);
         self.metrics.commits.with_label_values(&["aborted"]).inc();
         Ok(Committed::Aborted)
     }
@@ -515,6 +749,8 @@ impl Committer {
     /// partition back to its committed offset: the state of the last committed transaction.
     pub(crate) fn rewind(&self, consumer: &BaseConsumer<Rebalancing>) -> Result<(), PipelineError> {
         self.rewind_needed.store(false, Ordering::Relaxed);
+        // Records held for the next transaction came from input that is read again.
+        lock(&self.deferred).clear();
         // Records polled before this point are stale.
         self.rebalances.fetch_add(1, Ordering::Relaxed);
         let tasks = self.shared.tasks();

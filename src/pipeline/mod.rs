@@ -34,7 +34,7 @@ use prometheus::local::{LocalHistogram, LocalIntCounter};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::producer::Producer;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
@@ -46,7 +46,7 @@ use crate::metrics::Metrics;
 use crate::model::Model;
 use crate::transition::write_json;
 
-use commit::{Committed, Committer, Delivery, OutputProducer, TXN_TIMEOUT};
+use commit::{Committed, Committer, Delivery, Destination, Outgoing, OutputProducer, TXN_TIMEOUT};
 pub use state::Shared;
 
 /// Errors that stop the pipeline, each with a stable code.
@@ -315,7 +315,7 @@ impl Pipeline {
             warn!(every = n, "test hook {ABORT_EVERY_ENV} set: transactions will be aborted on purpose");
         }
         let committer =
-            Arc::new(Committer::new(cfg.clone(), Arc::clone(&shared), producer, metrics.clone(), health, abort_every));
+            Arc::new(Committer::new(cfg.clone(), Arc::clone(&shared), producer, metrics.clone(), health, abort_every)?);
         let ctx = Rebalancing { committer: Arc::clone(&committer) };
         // The advertised URL rides in the client id, for `/leads/{id}` lookups by other members.
         let advertise = cfg.http.advertise_url();
@@ -420,6 +420,9 @@ impl Pipeline {
                 c.rewind(&consumer)?;
             }
             c.commit_delivered(&consumer)?;
+            if c.transaction_done(false)? == Committed::Aborted {
+                c.rewind(&consumer)?;
+            }
             let now = Instant::now();
             if now >= next_crossings {
                 // Decay-driven crossings follow the wall clock, whatever the commit interval.
@@ -562,31 +565,30 @@ impl Worker {
             TransitionKind::Disqualified => self.local.disqualified.inc(),
         }
         self.shared.record_transition(t);
-        let c = &self.committer;
-        let record = BaseRecord::with_opaque_to(&c.cfg.kafka.output_topic, c.before_send(Some(since_ms)))
-            .key(t.lead_id.as_bytes())
-            .payload(&self.json[..]);
-        c.send(record);
+        self.committer.produce(Outgoing {
+            destination: Destination::Transitions,
+            partition: None,
+            key: Some(t.lead_id.as_bytes()),
+            payload: Some(&self.json),
+            headers: None,
+            timestamp: None,
+            since_ms: Some(since_ms),
+        });
     }
 
     /// Forwards a record, bytes, headers and timestamp unchanged, to its lead's partition of the
     /// repartition topic, keyed by lead id (in the transaction, under exactly-once).
     fn forward(&mut self, msg: &BorrowedMessage<'_>, owner: i32, lead_id: &str) {
-        let c = &self.committer;
-        let Some(route) = &self.route else { return };
-        let mut record =
-            BaseRecord::with_opaque_to(&route.topic, c.before_send(None)).partition(owner).key(lead_id.as_bytes());
-        if let Some(payload) = msg.payload() {
-            record = record.payload(payload);
-        }
-        if let Some(h) = msg.headers() {
-            record = record.headers(h.detach());
-        }
-        if let Some(ts) = msg.timestamp().to_millis() {
-            record = record.timestamp(ts);
-        }
         self.local.repartitioned.inc();
-        c.send(record);
+        self.committer.produce(Outgoing {
+            destination: Destination::Repartition,
+            partition: Some(owner),
+            key: Some(lead_id.as_bytes()),
+            payload: msg.payload(),
+            headers: msg.headers().map(|h| h.detach()),
+            timestamp: msg.timestamp().to_millis(),
+            since_ms: None,
+        });
     }
 
     /// Writes a rejected record, bytes unchanged, to the dead-letter topic with its reason.
@@ -605,21 +607,17 @@ impl Worker {
                 headers = headers.insert(Header { key: header.key, value: header.value });
             }
         }
-        let c = &self.committer;
-        let mut record =
-            BaseRecord::with_opaque_to(&c.cfg.kafka.dead_letter_topic, c.before_send(None)).headers(headers);
-        // Bytes unchanged: a record without a value stays without one.
-        if let Some(payload) = msg.payload() {
-            record = record.payload(payload);
-        }
-        if let Some(key) = msg.key() {
-            record = record.key(key);
-        }
-        if let Some(ts) = msg.timestamp().to_millis() {
-            record = record.timestamp(ts);
-        }
         self.local.dead_letters.inc();
-        c.send(record);
+        // Bytes and key unchanged: a record without a value stays without one.
+        self.committer.produce(Outgoing {
+            destination: Destination::DeadLetters,
+            partition: None,
+            key: msg.key(),
+            payload: msg.payload(),
+            headers: Some(headers),
+            timestamp: msg.timestamp().to_millis(),
+            since_ms: None,
+        });
     }
 }
 
