@@ -35,7 +35,7 @@ pub struct SyntaxError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoneSurrogate;
 
-/// A raw value span found by [`scan_event`].
+/// A raw value span found by [`scan_event`], or a member's value in a [`MemberIndex`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RawValue<'a> {
     /// The exact text of the value (a string includes its quotes).
@@ -75,6 +75,147 @@ pub struct EventFields<'a> {
     pub timestamp: Option<RawValue<'a>>,
     pub event_id: Option<RawValue<'a>>,
     pub properties: Option<RawValue<'a>>,
+    /// The members of `properties`, recorded while it was validated, relative to the start of its
+    /// text. Not [complete](MemberIndex::is_complete) when `properties` is absent or not an
+    /// object, or when its members do not fit.
+    pub properties_index: MemberIndex,
+}
+
+/// How many members of an object a [`MemberIndex`] holds inline. Events seldom have more
+/// top-level properties than this; an object with more is looked into by scanning it again.
+pub const INDEXED_MEMBERS: usize = 8;
+
+/// The spans of the top-level members of one validated object, in document order (repeated keys
+/// included), so that a lookup compares a few known keys instead of scanning the object again.
+///
+/// Offsets are `u16`, relative to the start of the text the index was built over: an object
+/// whose last member ends further than 65,535 bytes in, or with more than [`INDEXED_MEMBERS`]
+/// members, gets an index that is not complete, and its users fall back to scanning. That keeps
+/// the index small (it travels by value inside every decoded event) and never allocates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemberIndex {
+    /// Every member of the object is in `spans[..len]`.
+    complete: bool,
+    len: u8,
+    /// Bit `k`: the key of member `k` has an escape.
+    escaped_keys: u8,
+    /// Bit `k`: the value of member `k` is a string with an escape.
+    escaped_values: u8,
+    spans: [MemberSpan; INDEXED_MEMBERS],
+}
+
+/// One member: the key body (between its quotes) is `key..key_end`, the raw value
+/// `value..value_end`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct MemberSpan {
+    key: u16,
+    key_end: u16,
+    value: u16,
+    value_end: u16,
+}
+
+/// One member of an indexed object, as [`MemberIndex::members`] yields it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Member<'a> {
+    /// The key body, still escaped when `key_escaped`.
+    pub key: &'a str,
+    pub key_escaped: bool,
+    /// The raw value span; a string with an escape when `value.escaped`.
+    pub value: RawValue<'a>,
+}
+
+impl MemberIndex {
+    /// The index of an object with no members yet, to be filled by [`MemberIndex::push`].
+    const EMPTY: MemberIndex = MemberIndex {
+        complete: true,
+        len: 0,
+        escaped_keys: 0,
+        escaped_values: 0,
+        spans: [MemberSpan::ZERO; INDEXED_MEMBERS],
+    };
+
+    /// Does the index hold every member of its object? When not, it must not be used.
+    #[inline]
+    pub fn is_complete(&self) -> bool {
+        self.complete
+    }
+
+    /// Records a member whose offsets are absolute in the document; `base` is where the indexed
+    /// text starts. A member that does not fit makes the index incomplete for good.
+    #[inline(always)]
+    fn push(&mut self, base: usize, k: &Key, value_end: usize, value_escaped: bool) {
+        let n = self.len as usize;
+        // The value ends last, so if its offset fits in a u16, the others do too.
+        let end = u16::try_from(value_end.wrapping_sub(base)).ok();
+        match (self.spans.get_mut(n), end) {
+            (Some(span), Some(value_end)) if self.complete => {
+                *span = MemberSpan {
+                    key: (k.start - base) as u16,
+                    key_end: (k.end - base) as u16,
+                    value: (k.value - base) as u16,
+                    value_end,
+                };
+                self.escaped_keys |= u8::from(k.escaped) << n;
+                self.escaped_values |= u8::from(value_escaped) << n;
+                self.len += 1;
+            }
+            _ => self.complete = false,
+        }
+    }
+
+    /// The raw value of member `n`, whose span is `s`, over `text`.
+    #[inline(always)]
+    fn value<'a>(&self, text: &'a str, n: usize, s: &MemberSpan) -> RawValue<'a> {
+        RawValue {
+            text: text.get(usize::from(s.value)..usize::from(s.value_end)).unwrap_or_default(),
+            escaped: self.escaped_values >> n & 1 == 1,
+        }
+    }
+
+    /// The members, in document order, over `text`: the text the index was built over (a
+    /// different text yields garbage spans, clipped, never a panic). `None` when the index is not
+    /// complete.
+    #[inline]
+    pub fn members<'a>(self, text: &'a str) -> Option<impl DoubleEndedIterator<Item = Member<'a>> + 'a> {
+        if !self.complete {
+            return None;
+        }
+        let spans = self.spans;
+        Some(spans.into_iter().take(self.len.into()).enumerate().map(move |(n, s)| Member {
+            key: text.get(usize::from(s.key)..usize::from(s.key_end)).unwrap_or_default(),
+            key_escaped: self.escaped_keys >> n & 1 == 1,
+            value: self.value(text, n, &s),
+        }))
+    }
+
+    /// The raw value of the last member named `name` (keys compared after unescaping, as
+    /// [`lookup`] does). `None` when the index is not complete; `Some(None)` when there is no
+    /// such member.
+    #[inline]
+    pub fn get<'a>(&self, text: &'a str, name: &str) -> Option<Option<RawValue<'a>>> {
+        if !self.complete {
+            return None;
+        }
+        let spans = self.spans.get(..usize::from(self.len)).unwrap_or_default();
+        // Backwards: the last occurrence of a repeated key wins. Unescaped keys are compared
+        // as bytes, and only when the lengths agree.
+        for (n, s) in spans.iter().enumerate().rev() {
+            let key = usize::from(s.key)..usize::from(s.key_end);
+            let hit = if self.escaped_keys >> n & 1 == 1 {
+                text.get(key).is_some_and(|raw| key_eq(raw, name))
+            } else {
+                key.len() == name.len() && text.as_bytes().get(key) == Some(name.as_bytes())
+            };
+            if hit {
+                return Some(Some(self.value(text, n, s)));
+            }
+        }
+        Some(None)
+    }
+}
+
+impl MemberSpan {
+    const ZERO: MemberSpan = MemberSpan { key: 0, key_end: 0, value: 0, value_end: 0 };
 }
 
 /// The outcome of [`scan_event`] on a valid document.
@@ -425,7 +566,8 @@ pub fn validate(src: &str) -> Result<(), SyntaxError> {
 
 /// Validates a whole document in one pass and, when its top-level value is an object, returns
 /// the raw value spans of `lead_id`, `type`, `timestamp`, `event_id` and `properties` (last
-/// occurrence of a repeated key wins; keys compared after unescaping).
+/// occurrence of a repeated key wins; keys compared after unescaping), and the index of the
+/// members of `properties` when it is an object.
 pub fn scan_event(src: &str) -> Result<Document<'_>, SyntaxError> {
     let b = src.as_bytes();
     let mut i = ws(b, 0);
@@ -435,26 +577,103 @@ pub fn scan_event(src: &str) -> Result<Document<'_>, SyntaxError> {
         return Ok(Document::NotObject);
     }
     let mut f = EventFields::default();
-    i = object(b, i, |k, end, escaped| {
+    i = ws(b, i + 1);
+    if b.get(i) == Some(&b'}') {
+        end(b, i + 1)?;
+        return Ok(Document::Object(f));
+    }
+    // The members of the top-level object, written out rather than through `object` so that the
+    // value of `properties` can be indexed as it is validated.
+    loop {
+        let k = key(b, i)?;
         let kb = b.get(k.start..k.end).unwrap_or_default();
         let slot = match field_slot(kb) {
             None if k.escaped => field_slot_escaped(src.get(k.start..k.end).unwrap_or_default()),
             slot => slot,
         };
+        let is_object = b.get(k.value) == Some(&b'{');
+        let mut escaped = false;
+        let value_end = if slot == Some(PROPERTIES) && is_object {
+            // Inside the top-level object: one container.
+            f.properties_index = MemberIndex::EMPTY;
+            indexed_object(b, k.value, k.value, 1, &mut f.properties_index)?
+        } else {
+            member_value(b, k.value, &mut escaped)?
+        };
         if let Some(slot) = slot {
-            let v = src.get(k.value..end).map(|text| RawValue { text, escaped });
+            let v = src.get(k.value..value_end).map(|text| RawValue { text, escaped });
             match slot {
                 0 => f.lead_id = v,
                 1 => f.event_type = v,
                 2 => f.timestamp = v,
                 3 => f.event_id = v,
-                _ => f.properties = v,
+                _ => {
+                    // An earlier `properties` object's index must not outlive it.
+                    if !is_object {
+                        f.properties_index = MemberIndex::default();
+                    }
+                    f.properties = v;
+                }
             }
         }
-    })?;
-    end(b, i)?;
+        i = ws(b, value_end);
+        match b.get(i) {
+            Some(b',') => i = ws(b, i + 1),
+            Some(b'}') => break,
+            _ => return err(i),
+        }
+    }
+    end(b, i + 1)?;
     Ok(Document::Object(f))
 }
+
+/// Scans the object at `start` (its `{`) inside `outer` containers, like [`value`] would, and
+/// records its members in `index` with offsets relative to `base`.
+#[inline(always)]
+fn indexed_object(b: &[u8], start: usize, base: usize, outer: usize, index: &mut MemberIndex) -> Scan {
+    if outer >= MAX_DEPTH {
+        return err(start);
+    }
+    let mut i = ws(b, start + 1);
+    if b.get(i) == Some(&b'}') {
+        return Ok(i + 1);
+    }
+    loop {
+        let k = key(b, i)?;
+        let mut escaped = false;
+        let value_end = match b.get(k.value) {
+            Some(b'"') => string(b, k.value + 1, &mut escaped)?,
+            Some(b'-' | b'0'..=b'9') => number(b, k.value)?,
+            _ => value(b, k.value, outer + 1)?,
+        };
+        index.push(base, &k, value_end, escaped);
+        i = ws(b, value_end);
+        match b.get(i) {
+            Some(b',') => i = ws(b, i + 1),
+            Some(b'}') => return Ok(i + 1),
+            _ => return err(i),
+        }
+    }
+}
+
+/// Validates `text` as one JSON object (whitespace around it allowed) and indexes its members,
+/// offsets relative to the start of `text`. Not valid or not an object: an index that is not
+/// complete.
+pub fn index_object(text: &str) -> MemberIndex {
+    let b = text.as_bytes();
+    let start = ws(b, 0);
+    if b.get(start) != Some(&b'{') {
+        return MemberIndex::default();
+    }
+    let mut index = MemberIndex::EMPTY;
+    match indexed_object(b, start, 0, 0, &mut index).and_then(|e| end(b, e)) {
+        Ok(()) => index,
+        Err(_) => MemberIndex::default(),
+    }
+}
+
+/// The slot of `properties` in [`EVENT_KEYS`].
+const PROPERTIES: usize = 4;
 
 const EVENT_KEYS: [&str; 5] = ["lead_id", "type", "timestamp", "event_id", "properties"];
 
@@ -715,7 +934,7 @@ fn member<'a>(obj: &'a str, name: &str) -> Option<&'a str> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -1009,6 +1228,113 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn member_index() {
+        let o = r#"{"path":"/pricing","utm":{"source":"google"},"k\u00e9y":"v\"w","path":"/p2","n":-1.5e3}"#;
+        let index = index_object(o);
+        assert!(index.is_complete());
+        let members: Vec<_> =
+            index.members(o).unwrap().map(|m| (m.key, m.key_escaped, m.value.text, m.value.escaped)).collect();
+        assert_eq!(
+            members,
+            vec![
+                ("path", false, "\"/pricing\"", false),
+                ("utm", false, r#"{"source":"google"}"#, false),
+                (r"k\u00e9y", true, r#""v\"w""#, true),
+                ("path", false, "\"/p2\"", false),
+                ("n", false, "-1.5e3", false),
+            ]
+        );
+        let text = |name| index.get(o, name).map(|v| v.map(|v| v.text));
+        assert_eq!(text("path"), Some(Some("\"/p2\"")));
+        assert_eq!(text("kéy"), Some(Some(r#""v\"w""#)));
+        assert_eq!(text("utm"), Some(Some(r#"{"source":"google"}"#)));
+        assert_eq!(text("pat"), Some(None));
+        assert_eq!(text("k\\u00e9y"), Some(None));
+        // Offsets count from the start of the text, whitespace included.
+        let o = " { \"a\" : 1 , \"b\":[ ] } ";
+        assert_eq!(index_object(o).get(o, "b").map(|v| v.map(|v| v.text)), Some(Some("[ ]")));
+        assert_eq!(index_object("{}").members("{}").map(|m| m.count()), Some(0));
+        // As many members as fit, one more, and offsets beyond a u16.
+        let members =
+            |n: usize| format!("{{{}}}", (0..n).map(|k| format!("\"k{k}\":{k}")).collect::<Vec<_>>().join(","));
+        assert!(index_object(&members(INDEXED_MEMBERS)).is_complete());
+        assert!(!index_object(&members(INDEXED_MEMBERS + 1)).is_complete());
+        let long = format!("{{\"a\":1,\"b\":\"{}\"}}", "x".repeat(65_530));
+        assert!(!index_object(&long).is_complete());
+        assert_eq!(index_object(&long).get(&long, "a"), None);
+        assert!(index_object(&long).members(&long).is_none());
+        // Not one valid object: no index.
+        for bad in ["", "[1]", "{", "{\"a\":1,}", "{} x", "{\"a\":1}{", "{\"a\"}", " 1 "] {
+            assert!(!index_object(bad).is_complete(), "{bad:?}");
+        }
+        // The event scan's index of `properties` is the index of its text.
+        let src = r#"{"lead_id":"l","properties":{"a":"x\ny","b":{"c":[1,{"d":2}]},"a":null}}"#;
+        let Ok(Document::Object(f)) = scan_event(src) else { panic!() };
+        let props = f.properties.unwrap().text;
+        assert_eq!(f.properties_index, index_object(props));
+        assert!(f.properties_index.is_complete());
+    }
+
+    /// An object as text, keys possibly repeated, escaped or pretty-printed; `serde_json::Map`
+    /// would drop the repeated keys, so it is written by hand.
+    pub(crate) fn arb_object_text() -> impl Strategy<Value = String> {
+        let key = prop_oneof!["[ab]{1,2}", "[a-z\u{e9}\"\\\\]{0,3}", Just("path".to_string())];
+        let member = (key, arb_json(), any::<bool>());
+        (prop::collection::vec(member, 0..12), any::<bool>()).prop_map(|(members, spaced)| {
+            let (colon, comma) = if spaced { (" : ", " ,\n ") } else { (":", ",") };
+            let body: Vec<String> = members
+                .into_iter()
+                .map(|(k, v, escape)| {
+                    let mut k = serde_json::to_string(&k).unwrap();
+                    if escape {
+                        k = k.replacen('a', "\\u0061", 1);
+                    }
+                    format!("{k}{colon}{v}")
+                })
+                .collect();
+            if spaced {
+                format!(" {{ {} }} ", body.join(comma))
+            } else {
+                format!("{{{}}}", body.join(comma))
+            }
+        })
+    }
+
+    proptest! {
+        // Large objects (up to a dozen members of nested values): fewer cases.
+        #![proptest_config(ProptestConfig::with_cases(600))]
+
+        /// The index holds exactly what scanning the text finds: the members in order, and for
+        /// each name the last member of that name.
+        #[test]
+        fn index_agrees_with_scanning(text in arb_object_text()) {
+            let index = index_object(&text);
+            let entries: Vec<(&str, &str)> = entries(&text).collect();
+            prop_assert_eq!(index.is_complete(), entries.len() <= INDEXED_MEMBERS, "{:?}", text);
+            if let Some(members) = index.members(&text) {
+                let members: Vec<_> = members.collect();
+                prop_assert_eq!(members.iter().map(|m| (m.key, m.value.text)).collect::<Vec<_>>(), entries.clone());
+                for m in &members {
+                    prop_assert_eq!(m.key_escaped, m.key.contains('\\'));
+                    prop_assert_eq!(m.value.escaped, m.value.text.starts_with('"') && m.value.text.contains('\\'));
+                }
+                let mut names: Vec<String> = entries.iter().map(|(k, _)| unescape_lossy(k).into_owned()).collect();
+                names.extend(["zz".to_string(), String::new()]);
+                for name in &names {
+                    let found = index.get(&text, name).unwrap().map(|v| v.text);
+                    prop_assert_eq!(found, lookup(&text, &[name.as_str()]), "{:?} in {:?}", name, text);
+                }
+            }
+            // The same object as an event's `properties`.
+            let event = format!("{{\"properties\":{}}}", text.trim());
+            if let Ok(Document::Object(f)) = scan_event(&event) {
+                prop_assert_eq!(f.properties_index, index_object(text.trim()));
+            }
+        }
+
     }
 
     proptest! {
