@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 
-use crate::json::{self, Document, Kind, RawValue};
+use crate::json::{self, EventFields, FieldValue, Kind, RawValue};
 use crate::model::Value;
 use crate::time::{parse_rfc3339_ms, MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS};
 
@@ -165,12 +165,14 @@ const MAX_LEAD_ID_BYTES: usize = 256;
 const MAX_TYPE_BYTES: usize = 64;
 const MAX_EVENT_ID_BYTES: usize = 128;
 
-/// The unescaped text of a raw value that is a string; `Ok(None)` for any other kind.
-#[inline]
-fn string_field<'a>(raw: Option<RawValue<'a>>, lone: Rejection) -> Result<Option<Cow<'a, str>>, Rejection> {
-    match raw.and_then(|r| r.string()) {
-        Some(s) => s.map(Some).map_err(|_| lone),
-        None => Ok(None),
+/// The unescaped text of a field that is a string (borrowed when it has no escape); `Ok(None)`
+/// for any other kind, `lone` for a lone surrogate escape.
+#[inline(always)]
+fn string_field<'a>(raw: Option<FieldValue<'a>>, lone: Rejection) -> Result<Option<Cow<'a, str>>, Rejection> {
+    match raw {
+        Some(FieldValue::String { body, escaped: false }) => Ok(Some(Cow::Borrowed(body))),
+        Some(FieldValue::String { body, escaped: true }) => json::unescape(body).map(Some).map_err(|_| lone),
+        Some(FieldValue::Other(_)) | None => Ok(None),
     }
 }
 
@@ -201,6 +203,18 @@ fn integer_ms(raw: &str) -> Option<i64> {
     (MIN_TIMESTAMP_MS..=MAX_TIMESTAMP_MS).contains(&ms).then_some(ms)
 }
 
+/// A present `timestamp` value as epoch milliseconds, or `None` if it is not a valid one.
+#[inline(always)]
+fn timestamp_ms(raw: FieldValue<'_>) -> Option<i64> {
+    match raw {
+        FieldValue::String { body, escaped: false } => parse_rfc3339_ms(body),
+        // A lone surrogate cannot be part of a valid timestamp.
+        FieldValue::String { body, escaped: true } => parse_rfc3339_ms(&json::unescape(body).ok()?),
+        // `integer_ms` accepts digits only: `true`, `{}` or `1.5` give `None`.
+        FieldValue::Other(text) => integer_ms(text),
+    }
+}
+
 /// Decodes one record (spec section 2). The first reason that applies wins, in this order:
 /// `too_large`, `invalid_utf8`, `invalid_json` (syntax, including `NaN` / `Infinity` and nesting
 /// deeper than 128; or a lone surrogate escape in the string value of `lead_id`, `type` or
@@ -222,13 +236,14 @@ pub fn decode<'a>(bytes: &'a [u8], opts: &DecodeOptions) -> Result<LeadEvent<'a>
         return Err(TOO_LARGE);
     }
     let text = std::str::from_utf8(bytes).map_err(|_| INVALID_UTF8)?;
-    let fields = match json::scan_event(text) {
-        Ok(Document::Object(f)) => f,
-        Ok(Document::NotObject) => return Err(NOT_AN_OBJECT),
+    let mut fields = EventFields::default();
+    match json::scan_event_into(text, &mut fields) {
+        Ok(true) => {}
+        Ok(false) => return Err(NOT_AN_OBJECT),
         Err(_) => return Err(INVALID_JSON),
-    };
+    }
     // `null` counts as absent everywhere.
-    let present = |raw: Option<RawValue<'a>>| raw.filter(|r| !r.is_null());
+    let present = |raw: Option<FieldValue<'a>>| raw.filter(|r| *r != FieldValue::Other("null"));
     let lead_raw = present(fields.lead_id);
     let type_raw = present(fields.event_type);
     let ts_raw = present(fields.timestamp);
@@ -253,10 +268,12 @@ pub fn decode<'a>(bytes: &'a [u8], opts: &DecodeOptions) -> Result<LeadEvent<'a>
     let lead_id = match lead_str {
         Some(s) if len_ok(&s, MAX_LEAD_ID_BYTES) => s,
         Some(_) => return Err(BAD_LEAD_ID),
-        None if json::is_integer(lead_raw.text) && lead_raw.text.len() <= MAX_LEAD_ID_BYTES => {
-            Cow::Borrowed(if lead_raw.text == "-0" { "0" } else { lead_raw.text })
-        }
-        None => return Err(BAD_LEAD_ID),
+        None => match lead_raw {
+            FieldValue::Other(text) if json::is_integer(text) && text.len() <= MAX_LEAD_ID_BYTES => {
+                Cow::Borrowed(if text == "-0" { "0" } else { text })
+            }
+            _ => return Err(BAD_LEAD_ID),
+        },
     };
     let event_type = match type_str {
         Some(s) if len_ok(&s, MAX_TYPE_BYTES) => s,
@@ -269,20 +286,15 @@ pub fn decode<'a>(bytes: &'a [u8], opts: &DecodeOptions) -> Result<LeadEvent<'a>
     };
     let properties = match props_raw {
         None => None,
-        Some(raw) if raw.kind() == Some(Kind::Object) => {
-            Some(Properties { raw: raw.text, index: fields.properties_index })
+        Some(FieldValue::Other(raw)) if raw.starts_with('{') => {
+            Some(Properties { raw, index: fields.properties_index })
         }
         Some(_) => return Err(BAD_PROPERTIES),
     };
 
     // invalid_timestamp.
     let timestamp_ms = match ts_raw {
-        Some(raw) => match raw.kind() {
-            Some(Kind::String) => raw.string().and_then(Result::ok).and_then(|s| parse_rfc3339_ms(&s)),
-            Some(Kind::Number) => integer_ms(raw.text),
-            _ => None,
-        }
-        .ok_or(BAD_TIMESTAMP)?,
+        Some(raw) => timestamp_ms(raw).ok_or(BAD_TIMESTAMP)?,
         None => opts
             .fallback_timestamp_ms
             .filter(|ms| (MIN_TIMESTAMP_MS..=MAX_TIMESTAMP_MS).contains(ms))
