@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 
-use crate::json::{self, Document, Kind, RawValue};
+use crate::json::{self, EventFields, FieldValue, Kind, RawValue};
 use crate::model::Value;
 use crate::time::{parse_rfc3339_ms, MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS};
 
@@ -82,10 +82,28 @@ pub struct LeadEvent<'a> {
     pub properties: Option<Properties<'a>>,
 }
 
-/// The `properties` object of an event, kept as validated JSON text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The `properties` object of an event, kept as validated JSON text, with the spans of its
+/// top-level members as found while it was validated (see [`json::MemberIndex`]): a lookup
+/// compares a few keys instead of scanning the text again.
+#[derive(Clone, Copy)]
 pub struct Properties<'a> {
     raw: &'a str,
+    /// Derived from `raw`: equality and `Debug` ignore it.
+    index: json::MemberIndex,
+}
+
+impl PartialEq for Properties<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.raw == other.raw
+    }
+}
+
+impl Eq for Properties<'_> {}
+
+impl std::fmt::Debug for Properties<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Properties").field("raw", &self.raw).finish_non_exhaustive()
+    }
 }
 
 /// How to decode: limits and, in `run`, the record's timestamp and the wall clock.
@@ -147,12 +165,14 @@ const MAX_LEAD_ID_BYTES: usize = 256;
 const MAX_TYPE_BYTES: usize = 64;
 const MAX_EVENT_ID_BYTES: usize = 128;
 
-/// The unescaped text of a raw value that is a string; `Ok(None)` for any other kind.
-#[inline]
-fn string_field<'a>(raw: Option<RawValue<'a>>, lone: Rejection) -> Result<Option<Cow<'a, str>>, Rejection> {
-    match raw.and_then(|r| r.string()) {
-        Some(s) => s.map(Some).map_err(|_| lone),
-        None => Ok(None),
+/// The unescaped text of a field that is a string (borrowed when it has no escape); `Ok(None)`
+/// for any other kind, `lone` for a lone surrogate escape.
+#[inline(always)]
+fn string_field<'a>(raw: Option<FieldValue<'a>>, lone: Rejection) -> Result<Option<Cow<'a, str>>, Rejection> {
+    match raw {
+        Some(FieldValue::String { body, escaped: false }) => Ok(Some(Cow::Borrowed(body))),
+        Some(FieldValue::String { body, escaped: true }) => json::unescape(body).map(Some).map_err(|_| lone),
+        Some(FieldValue::Other(_)) | None => Ok(None),
     }
 }
 
@@ -183,6 +203,58 @@ fn integer_ms(raw: &str) -> Option<i64> {
     (MIN_TIMESTAMP_MS..=MAX_TIMESTAMP_MS).contains(&ms).then_some(ms)
 }
 
+/// `bytes` as text, or `None` if they are not valid UTF-8.
+///
+/// Nearly every record is pure ASCII, and checking that is cheaper than `from_utf8`'s
+/// validation; anything else goes through `from_utf8`. Callgrind: the 171-byte sample decodes
+/// in about 1,500 instructions this way against 1,575 with `from_utf8` alone, and a replay of
+/// 200k generated events saves 61 per line.
+#[inline]
+fn utf8(bytes: &[u8]) -> Option<&str> {
+    if is_ascii(bytes) {
+        // SAFETY: every byte is below 0x80, and a sequence of ASCII bytes is valid UTF-8.
+        Some(unsafe { std::str::from_utf8_unchecked(bytes) })
+    } else {
+        std::str::from_utf8(bytes).ok()
+    }
+}
+
+/// Are all bytes below 0x80? Sixteen bytes per step, OR-ed together and tested once at the end
+/// (the last step overlaps the previous one rather than going byte by byte); the compiler
+/// vectorizes the loop. `<[u8]>::is_ascii` measured slower than `from_utf8` here.
+#[inline]
+fn is_ascii(bytes: &[u8]) -> bool {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let word = |c: &[u8; 16]| {
+        let (lo, hi) = c.split_at(8);
+        u64::from_le_bytes(lo.try_into().unwrap_or_default()) | u64::from_le_bytes(hi.try_into().unwrap_or_default())
+    };
+    let mut chunks = bytes.chunks_exact(16);
+    let mut acc = 0;
+    for c in &mut chunks {
+        acc |= word(c.try_into().unwrap_or(&[0; 16]));
+    }
+    if !chunks.remainder().is_empty() {
+        match bytes.last_chunk::<16>() {
+            Some(last) => acc |= word(last),
+            None => acc |= chunks.remainder().iter().fold(0, |a, &b| a | u64::from(b)),
+        }
+    }
+    acc & HIGH == 0
+}
+
+/// A present `timestamp` value as epoch milliseconds, or `None` if it is not a valid one.
+#[inline(always)]
+fn timestamp_ms(raw: FieldValue<'_>) -> Option<i64> {
+    match raw {
+        FieldValue::String { body, escaped: false } => parse_rfc3339_ms(body),
+        // A lone surrogate cannot be part of a valid timestamp.
+        FieldValue::String { body, escaped: true } => parse_rfc3339_ms(&json::unescape(body).ok()?),
+        // `integer_ms` accepts digits only: `true`, `{}` or `1.5` give `None`.
+        FieldValue::Other(text) => integer_ms(text),
+    }
+}
+
 /// Decodes one record (spec section 2). The first reason that applies wins, in this order:
 /// `too_large`, `invalid_utf8`, `invalid_json` (syntax, including `NaN` / `Infinity` and nesting
 /// deeper than 128; or a lone surrogate escape in the string value of `lead_id`, `type` or
@@ -203,14 +275,15 @@ pub fn decode<'a>(bytes: &'a [u8], opts: &DecodeOptions) -> Result<LeadEvent<'a>
     if bytes.len() > opts.max_event_bytes {
         return Err(TOO_LARGE);
     }
-    let text = std::str::from_utf8(bytes).map_err(|_| INVALID_UTF8)?;
-    let fields = match json::scan_event(text) {
-        Ok(Document::Object(f)) => f,
-        Ok(Document::NotObject) => return Err(NOT_AN_OBJECT),
+    let text = utf8(bytes).ok_or(INVALID_UTF8)?;
+    let mut fields = EventFields::default();
+    match json::scan_event_into(text, &mut fields) {
+        Ok(true) => {}
+        Ok(false) => return Err(NOT_AN_OBJECT),
         Err(_) => return Err(INVALID_JSON),
-    };
+    }
     // `null` counts as absent everywhere.
-    let present = |raw: Option<RawValue<'a>>| raw.filter(|r| !r.is_null());
+    let present = |raw: Option<FieldValue<'a>>| raw.filter(|r| *r != FieldValue::Other("null"));
     let lead_raw = present(fields.lead_id);
     let type_raw = present(fields.event_type);
     let ts_raw = present(fields.timestamp);
@@ -235,10 +308,12 @@ pub fn decode<'a>(bytes: &'a [u8], opts: &DecodeOptions) -> Result<LeadEvent<'a>
     let lead_id = match lead_str {
         Some(s) if len_ok(&s, MAX_LEAD_ID_BYTES) => s,
         Some(_) => return Err(BAD_LEAD_ID),
-        None if json::is_integer(lead_raw.text) && lead_raw.text.len() <= MAX_LEAD_ID_BYTES => {
-            Cow::Borrowed(if lead_raw.text == "-0" { "0" } else { lead_raw.text })
-        }
-        None => return Err(BAD_LEAD_ID),
+        None => match lead_raw {
+            FieldValue::Other(text) if json::is_integer(text) && text.len() <= MAX_LEAD_ID_BYTES => {
+                Cow::Borrowed(if text == "-0" { "0" } else { text })
+            }
+            _ => return Err(BAD_LEAD_ID),
+        },
     };
     let event_type = match type_str {
         Some(s) if len_ok(&s, MAX_TYPE_BYTES) => s,
@@ -251,18 +326,15 @@ pub fn decode<'a>(bytes: &'a [u8], opts: &DecodeOptions) -> Result<LeadEvent<'a>
     };
     let properties = match props_raw {
         None => None,
-        Some(raw) if raw.kind() == Some(Kind::Object) => Some(Properties { raw: raw.text }),
+        Some(FieldValue::Other(raw)) if raw.starts_with('{') => {
+            Some(Properties { raw, index: fields.properties_index })
+        }
         Some(_) => return Err(BAD_PROPERTIES),
     };
 
     // invalid_timestamp.
     let timestamp_ms = match ts_raw {
-        Some(raw) => match raw.kind() {
-            Some(Kind::String) => raw.string().and_then(Result::ok).and_then(|s| parse_rfc3339_ms(&s)),
-            Some(Kind::Number) => integer_ms(raw.text),
-            _ => None,
-        }
-        .ok_or(BAD_TIMESTAMP)?,
+        Some(raw) => timestamp_ms(raw).ok_or(BAD_TIMESTAMP)?,
         None => opts
             .fallback_timestamp_ms
             .filter(|ms| (MIN_TIMESTAMP_MS..=MAX_TIMESTAMP_MS).contains(ms))
@@ -281,6 +353,25 @@ pub fn decode<'a>(bytes: &'a [u8], opts: &DecodeOptions) -> Result<LeadEvent<'a>
 fn to_value(raw: &str) -> Option<Value<'_>> {
     Some(match json::kind(raw)? {
         Kind::String => Value::Str(json::unescape_lossy(json::string_body(raw)?)),
+        _ => return scalar_value(raw),
+    })
+}
+
+/// [`to_value`] of a span whose `escaped` flag is known (from the index): a string without
+/// escapes is borrowed without looking for a backslash.
+#[inline]
+fn known_value(raw: RawValue<'_>) -> Option<Value<'_>> {
+    match json::kind(raw.text)? {
+        Kind::String if !raw.escaped => Some(Value::Str(Cow::Borrowed(json::string_body(raw.text)?))),
+        Kind::String => Some(Value::Str(json::unescape_lossy(json::string_body(raw.text)?))),
+        _ => scalar_value(raw.text),
+    }
+}
+
+/// A raw span that is not a string as a [`Value`]; `None` for `null`.
+fn scalar_value(raw: &str) -> Option<Value<'_>> {
+    Some(match json::kind(raw)? {
+        Kind::String => return None,
         Kind::Number => Value::Num(raw.parse::<f64>().ok()?),
         Kind::Bool => Value::Bool(raw.starts_with('t')),
         Kind::Array | Kind::Object => Value::Composite,
@@ -293,7 +384,7 @@ impl<'a> Properties<'a> {
     /// for tests and callers that validated it themselves. Invalid text never panics, it just
     /// finds less.
     pub fn new_unchecked(raw: &'a str) -> Self {
-        Properties { raw }
+        Properties { raw, index: json::index_object(raw) }
     }
 
     /// The raw JSON text of the object.
@@ -307,14 +398,36 @@ impl<'a> Properties<'a> {
     /// become U+FFFD), numbers parse to the nearest `f64`, arrays and objects are
     /// [`Value::Composite`].
     pub fn get<S: AsRef<str>>(&self, path: &[S]) -> Option<Value<'a>> {
-        to_value(json::lookup(self.raw, path)?)
+        let Some((first, rest)) = path.split_first() else {
+            return to_value(json::lookup(self.raw, path)?);
+        };
+        // The first step through the index when it is complete, else by scanning.
+        let found = match self.index.get(self.raw, first.as_ref()) {
+            Some(found) => found?,
+            None => return to_value(json::lookup(self.raw, path)?),
+        };
+        if rest.is_empty() {
+            known_value(found)
+        } else {
+            to_value(json::lookup(found.text, rest)?)
+        }
     }
 
     /// Calls `f` with every top-level key (unescaped) and its value (`None` for `null`), in
     /// document order, repeated keys included.
     pub fn for_each_entry(&self, mut f: impl FnMut(Cow<'a, str>, Option<Value<'a>>)) {
-        for (key, raw) in json::entries(self.raw) {
-            f(json::unescape_lossy(key), to_value(raw));
+        match self.index.members(self.raw) {
+            Some(members) => {
+                for m in members {
+                    let key = if m.key_escaped { json::unescape_lossy(m.key) } else { Cow::Borrowed(m.key) };
+                    f(key, known_value(m.value));
+                }
+            }
+            None => {
+                for (key, raw) in json::entries(self.raw) {
+                    f(json::unescape_lossy(key), to_value(raw));
+                }
+            }
         }
     }
 }
@@ -679,6 +792,117 @@ mod tests {
         ]
     }
 
+    #[test]
+    fn ascii_check() {
+        assert!(is_ascii(b""));
+        for len in 0..=48 {
+            let mut b = vec![b'a'; len];
+            assert!(is_ascii(&b));
+            for at in 0..len {
+                for high in [0x80, 0xc3, 0xff] {
+                    b[at] = high;
+                    assert!(!is_ascii(&b), "{high:#x} at {at} of {len}");
+                }
+                b[at] = 0x7f;
+                assert!(is_ascii(&b));
+            }
+        }
+        let e = "{\"lead_id\":\"é\",\"type\":\"t\",\"timestamp\":1}";
+        assert_eq!(dec(e).unwrap().lead_id, "é");
+    }
+
+    /// The lookups of the old implementation, by scanning the raw text.
+    fn scanned_get<'a>(raw: &'a str, path: &[&str]) -> Option<Value<'a>> {
+        to_value(json::lookup(raw, path)?)
+    }
+
+    fn scanned_entries(raw: &str) -> Vec<(Cow<'_, str>, Option<Value<'_>>)> {
+        json::entries(raw).map(|(k, v)| (json::unescape_lossy(k), to_value(v))).collect()
+    }
+
+    fn entries_of<'a>(p: &Properties<'a>) -> Vec<(Cow<'a, str>, Option<Value<'a>>)> {
+        let mut out = Vec::new();
+        p.for_each_entry(|k, v| out.push((k, v)));
+        out
+    }
+
+    #[test]
+    fn properties_without_an_index() {
+        // More members than the index holds, and offsets beyond a u16: scanned, same answers.
+        let many: Vec<String> = (0..12).map(|k| format!("\"k{k}\":{k}")).collect();
+        let many = format!("{{{},\"k3\":\"last\"}}", many.join(","));
+        let long = format!("{{\"pad\":\"{}\",\"path\":\"/p\",\"o\":{{\"k\":true}}}}", "x".repeat(70_000));
+        for raw in [many.as_str(), long.as_str()] {
+            let event = format!("{{\"lead_id\":\"l\",\"type\":\"t\",\"timestamp\":1,\"properties\":{raw}}}");
+            let o = DecodeOptions { max_event_bytes: 1 << 20, ..opts() };
+            let e = decode(event.as_bytes(), &o).unwrap();
+            let p = e.properties.unwrap();
+            assert!(!p.index.is_complete());
+            for path in [&["k3"][..], &["path"], &["o", "k"], &["nope"]] {
+                assert_eq!(p.get(path), scanned_get(raw, path), "{path:?}");
+            }
+            assert_eq!(entries_of(&p), scanned_entries(raw));
+        }
+        let event = format!("{{\"lead_id\":\"l\",\"type\":\"t\",\"timestamp\":1,\"properties\":{many}}}");
+        assert_eq!(dec(&event).unwrap().properties.unwrap().get(&["k3"]), Some(Value::Str(Cow::Borrowed("last"))));
+    }
+
+    /// Counts this thread's heap allocations, so that a test can check that decoding allocates
+    /// nothing. Test builds only; the allocator itself is the system's.
+    mod counting {
+        use std::alloc::{GlobalAlloc, Layout, System};
+        use std::cell::Cell;
+
+        thread_local! {
+            static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+        }
+
+        pub struct Counting;
+
+        // SAFETY: every call is forwarded to `System` unchanged; the counter is a thread-local
+        // `Cell` without a destructor, which allocates nothing and is usable at any time.
+        unsafe impl GlobalAlloc for Counting {
+            unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+                let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+                // SAFETY: the caller's contract is `System`'s.
+                unsafe { System.alloc(layout) }
+            }
+            unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+                // SAFETY: `ptr` came from `System` with this layout.
+                unsafe { System.dealloc(ptr, layout) }
+            }
+        }
+
+        #[global_allocator]
+        static COUNTING: Counting = Counting;
+
+        /// How many allocations `f` made on this thread.
+        pub fn allocations(f: impl FnOnce()) -> usize {
+            let before = ALLOCATIONS.with(Cell::get);
+            f();
+            ALLOCATIONS.with(Cell::get) - before
+        }
+    }
+
+    #[test]
+    fn no_allocation_without_escapes() {
+        let paths: [&[&str]; 4] = [&["path"], &["utm", "source"], &["nope"], &["utm"]];
+        let n = counting::allocations(|| {
+            let e = dec(SAMPLE).unwrap();
+            let p = e.properties.unwrap();
+            for path in paths {
+                std::hint::black_box(p.get(path));
+            }
+            p.for_each_entry(|k, v| {
+                std::hint::black_box((k, v));
+            });
+        });
+        assert_eq!(n, 0);
+        // The counter counts: an escaped lead id is unescaped into a new string.
+        let escaped = SAMPLE.replace("lead-1234567", "lead-\\u0031234567");
+        assert_eq!(counting::allocations(|| drop(dec(&escaped).unwrap())), 1);
+    }
+
     fn check_accepted(e: &LeadEvent<'_>) {
         assert!(len_ok(&e.lead_id, MAX_LEAD_ID_BYTES));
         assert!(len_ok(&e.event_type, MAX_TYPE_BYTES));
@@ -695,6 +919,43 @@ mod tests {
     /// scanner) and floats out of `f64` range (valid JSON).
     fn serde_differs(message: &str) -> bool {
         ["surrogate", "hex escape", "number out of range"].iter().any(|m| message.contains(m))
+    }
+
+    proptest! {
+        // Large objects (up to a dozen members of nested values): fewer cases.
+        #![proptest_config(ProptestConfig::with_cases(600))]
+
+        /// `get` and `for_each_entry` through the index (or its fallback) answer as scanning the
+        /// raw text does, for decoded events and for `new_unchecked`.
+        #[test]
+        fn properties_agree_with_scanning(
+            raw in json::tests::arb_object_text(),
+            paths in prop::collection::vec(
+                prop::collection::vec(prop::sample::select(vec!["a", "b", "ab", "ba", "aa", "path", "é", "", "zz"]), 0..4),
+                1..6,
+            ),
+        ) {
+            let event = format!("{{\"lead_id\":\"l\",\"type\":\"t\",\"timestamp\":1,\"properties\":{}}}", raw.trim());
+            let e = dec(&event).unwrap();
+            let decoded = e.properties.unwrap();
+            let unchecked = Properties::new_unchecked(&raw);
+            for path in &paths {
+                let expect = scanned_get(&raw, path);
+                prop_assert_eq!(decoded.get(path), expect.clone(), "{:?} in {:?}", path, raw);
+                prop_assert_eq!(unchecked.get(path), expect, "{:?} in {:?}", path, raw);
+            }
+            prop_assert_eq!(entries_of(&decoded), scanned_entries(&raw));
+            prop_assert_eq!(entries_of(&unchecked), scanned_entries(&raw));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        #[test]
+        fn ascii_check_agrees_with_std(b in prop::collection::vec(prop_oneof![9 => 0u8..0x80, 1 => any::<u8>()], 0..100)) {
+            prop_assert_eq!(is_ascii(&b), b.is_ascii());
+        }
     }
 
     proptest! {

@@ -69,7 +69,93 @@ fn digits(b: &[u8]) -> Option<i64> {
 /// Accepted: `T` or `t` between date and time, `Z`/`z` or a `±HH:MM` offset, any number of
 /// fraction digits. Rejected: leap seconds (`:60`), dates that do not exist, results outside
 /// [`MIN_TIMESTAMP_MS`]..=[`MAX_TIMESTAMP_MS`]. Returns `None` on anything else.
+#[inline]
 pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
+    match parse_fixed_ms(s.as_bytes()) {
+        Some(ms) => Some(ms),
+        None => parse_general_ms(s),
+    }
+}
+
+/// Days in each month (index 1..=12) of a common year.
+const MONTH_DAYS: [u8; 13] = [0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+
+/// The fast path of [`parse_rfc3339_ms`] for the form this service, JavaScript's
+/// `toISOString` and most producers write: exactly `YYYY-MM-DDTHH:MM:SS.sssZ` (24 bytes, upper
+/// case `T` and `Z`) with a year from 1970. Any other input, valid or not, gives `None` and goes
+/// to the general parser; an input of this form that is not a valid time gives `None` too. When
+/// it gives a value, it is the general parser's (a property test checks this on random input).
+///
+/// The text is read as three little-endian 8-byte words: the template check and the digit
+/// values take a few word operations each instead of a loop per field, and with a year from
+/// 1970 and no offset every valid time is in range, so no range check is needed.
+#[inline]
+pub fn parse_fixed_ms(s: &[u8]) -> Option<i64> {
+    let b: &[u8; 24] = s.try_into().ok()?;
+    let word = |k: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[8 * k..8 * k + 8]);
+        u64::from_le_bytes(w)
+    };
+    let w = [word(0), word(1), word(2)];
+    // Per word: the bytes that must be digits, and the exact separators elsewhere.
+    //   "YYYY-MM-"   "DDTHH:MM"   ":SS.sssZ"
+    const DIGITS: [u64; 3] = [0x00ff_ff00_ffff_ffff, 0xffff_00ff_ff00_ffff, 0x00ff_ffff_00ff_ff00];
+    const SEPARATORS: [u64; 3] = [
+        u64::from_le_bytes(*b"\0\0\0\0-\0\0-"),
+        u64::from_le_bytes(*b"\0\0T\0\0:\0\0"),
+        u64::from_le_bytes(*b":\0\0.\0\0\0Z"),
+    ];
+    const ZEROS: u64 = 0x3030_3030_3030_3030;
+    const HIGH_NIBBLES: u64 = 0xf0f0_f0f0_f0f0_f0f0;
+    let mut bad = 0;
+    for k in 0..3 {
+        let (x, d) = (w[k], DIGITS[k]);
+        // A byte is a digit when its high nibble is 3 and adding 6 keeps it 3 ('0'..='9').
+        // The addition can carry out of a byte only from a byte >= 0xfa, which the first test
+        // already fails, so a carry never hides a non-digit.
+        bad |= ((x & HIGH_NIBBLES) ^ ZEROS) & d;
+        bad |= ((x.wrapping_add(0x0606_0606_0606_0606) & HIGH_NIBBLES) ^ ZEROS) & d;
+        bad |= (x ^ SEPARATORS[k]) & !d;
+    }
+    if bad != 0 {
+        return None;
+    }
+    // Digit values with the separators zeroed (every digit byte is now '0'..='9': no borrow),
+    // and in `pairs` byte j = 10 * digit j + digit j + 1, at most 99: no byte carries.
+    let digits = [0, 1, 2].map(|k| (w[k] & DIGITS[k]) - (ZEROS & DIGITS[k]));
+    let pairs = digits.map(|x| x * 10 + (x >> 8));
+    let byte = |x: u64, j: u32| (x >> (8 * j)) as u8 as u32;
+    let year = byte(pairs[0], 0) * 100 + byte(pairs[0], 2);
+    let month = byte(pairs[0], 5);
+    let (day, hour, minute) = (byte(pairs[1], 0), byte(pairs[1], 3), byte(pairs[1], 6));
+    let second = byte(pairs[2], 1);
+    let millis = byte(pairs[2], 4) * 10 + byte(digits[2], 6);
+    if year < 1970 || hour > 23 || minute > 59 || second > 59 || day == 0 {
+        return None;
+    }
+    let month_days = u32::from(*MONTH_DAYS.get(month as usize).filter(|_| month > 0)?);
+    if day > month_days {
+        // Only 29 February gets here and still exists.
+        let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+        if !(month == 2 && day == 29 && leap) {
+            return None;
+        }
+    }
+    // Days since 1970-01-01 (Howard Hinnant's `days_from_civil`, in unsigned arithmetic:
+    // the year is at least 1969 after the shift to a March-based year).
+    let y = if month <= 2 { year - 1 } else { year };
+    let (era, yoe) = (y / 400, y % 400);
+    let mp = if month > 2 { month - 3 } else { month + 9 };
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let seconds = i64::from(days) * 86_400 + i64::from((hour * 60 + minute) * 60 + second);
+    Some(seconds * 1000 + i64::from(millis))
+}
+
+/// [`parse_rfc3339_ms`] for every accepted form.
+fn parse_general_ms(s: &str) -> Option<i64> {
     let b = s.as_bytes();
     if b.len() < 20 {
         return None;
@@ -208,6 +294,106 @@ pub fn parse_duration_ms(s: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn fixed_form_fast_path() {
+        let fast = |s: &str| parse_fixed_ms(s.as_bytes());
+        // The form it takes, at the edges of the range and of the calendar.
+        for (s, ms) in [
+            ("1970-01-01T00:00:00.000Z", 0),
+            ("2026-12-03T10:15:00.123Z", 1_796_292_900_123),
+            ("9999-12-31T23:59:59.999Z", MAX_TIMESTAMP_MS),
+            ("2024-02-29T00:00:00.000Z", 1_709_164_800_000),
+            ("2000-02-29T12:00:00.000Z", 951_825_600_000),
+            ("1972-12-31T23:59:59.999Z", 94_694_399_999),
+            ("1973-01-01T00:00:00.000Z", 94_694_400_000),
+            ("2000-03-01T00:00:00.000Z", 951_868_800_000),
+            ("2023-03-01T00:00:00.000Z", 1_677_628_800_000),
+            ("2024-03-01T00:00:00.000Z", 1_709_251_200_000),
+        ] {
+            assert_eq!(fast(s), Some(ms), "{s}");
+            assert_eq!(parse_general_ms(s), Some(ms), "{s}");
+        }
+        // Invalid times of that form, and valid times of other forms: the fast path declines,
+        // and the general parser decides.
+        for s in [
+            "2100-02-29T00:00:00.000Z",
+            "2023-02-29T00:00:00.000Z",
+            "2026-04-31T00:00:00.000Z",
+            "2026-00-10T00:00:00.000Z",
+            "2026-13-10T00:00:00.000Z",
+            "2026-12-00T00:00:00.000Z",
+            "2026-12-03T24:00:00.000Z",
+            "2026-12-03T10:60:00.000Z",
+            "2026-12-03T10:15:60.000Z",
+            "1969-12-31T23:59:59.999Z",
+            "2026-12-03t10:15:00.123Z",
+            "2026-12-03T10:15:00.123z",
+            "2026-12-03T10:15:00.12Z",
+            "2026-12-03T10:15:00.1234Z",
+            "2026-12-03T10:15:00+00:00",
+            "2026-12-03T10:15:00.123+",
+            "2026-12-03T10:15:0a.123Z",
+            "2026-12-03T10:15:00:123Z",
+            "2026-12-03 10:15:00.123Z",
+            "2026/12/03T10:15:00.123Z",
+        ] {
+            assert_eq!(fast(s), None, "{s}");
+        }
+        assert_eq!(parse_rfc3339_ms("2026-12-03t10:15:00.123Z"), Some(1_796_292_900_123));
+        assert_eq!(parse_rfc3339_ms("2100-02-29T00:00:00.000Z"), None);
+    }
+
+    /// A string of the fixed form with any digits in its fields (including out-of-range ones),
+    /// sometimes with one byte replaced.
+    fn fixed_form_like() -> impl Strategy<Value = Vec<u8>> {
+        // Mostly near the valid ranges, so that most dates exist, sometimes anything.
+        let near = |hi: u32| prop_oneof![9 => 0..=hi, 1 => 0u32..=99];
+        let year = prop_oneof![3 => 1965u32..=2110, 1 => 0u32..=9999];
+        let fields = (year, near(13), near(32), near(25), near(61), near(61), 0u32..=999);
+        let edit = prop::option::of((0usize..24, prop::sample::select(b"0159:-.TtZz+ \x00\x7f\xff\xc3/".to_vec())));
+        (fields, edit).prop_map(|((y, mo, d, h, mi, s, ms), edit)| {
+            let mut b = format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z").into_bytes();
+            if let Some((at, byte)) = edit {
+                b[at] = byte;
+            }
+            b
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+        /// Wherever the fast path gives a value, it is the general parser's; on the form it takes
+        /// it never declines a time the general parser accepts.
+        #[test]
+        fn fast_path_agrees_with_general_parser(b in fixed_form_like()) {
+            let general = std::str::from_utf8(&b).ok().and_then(parse_general_ms);
+            let fast = parse_fixed_ms(&b);
+            if fast.is_some() {
+                prop_assert_eq!(fast, general, "{:?}", String::from_utf8_lossy(&b));
+            }
+            let fixed_form = b.len() == 24 && b[10] == b'T' && b[19] == b'.' && b[23] == b'Z';
+            if fixed_form && general.is_some() {
+                prop_assert_eq!(fast, general, "{:?}", String::from_utf8_lossy(&b));
+            }
+        }
+
+        /// Every valid time, written the way this service writes it, takes the fast path.
+        #[test]
+        fn fast_path_takes_every_written_time(ms in MIN_TIMESTAMP_MS..=MAX_TIMESTAMP_MS) {
+            let s = format_rfc3339_ms(ms);
+            prop_assert_eq!(parse_fixed_ms(s.as_bytes()), Some(ms), "{}", s);
+        }
+
+        #[test]
+        fn fast_path_on_any_bytes(b in prop::collection::vec(any::<u8>(), 0..30)) {
+            if let Some(ms) = parse_fixed_ms(&b) {
+                prop_assert_eq!(std::str::from_utf8(&b).ok().and_then(parse_general_ms), Some(ms));
+            }
+        }
+    }
 
     #[test]
     fn rfc3339_forms() {
