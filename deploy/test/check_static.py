@@ -470,6 +470,35 @@ def check_mutants(c, args, rules, names):
                 f"not caught: {sorted(set(names) - caught)}")
 
 
+def run_rule_tests(args, name, rules):
+    """promtool test rules with the repository's unit tests on `rules`; returns the result."""
+    mdir = os.path.join(args.workdir, f"mutant-{name}")
+    os.makedirs(os.path.join(mdir, "rules"), exist_ok=True)
+    os.makedirs(os.path.join(mdir, "tests"), exist_ok=True)
+    write(os.path.join(mdir, "rules", "leadscore.yml"), yaml.safe_dump(rules))
+    write(os.path.join(mdir, "tests", "leadscore_test.yml"), yaml.safe_dump(load_yaml(P("deploy/prometheus/tests/leadscore_test.yml"))))
+    return sh(["promtool", "test", "rules", os.path.join(mdir, "tests", "leadscore_test.yml")])
+
+
+def check_lag_counts_every_guarantee(c, args, rules):
+    """The lag recording rule counts exactly_once instances too: a copy that counts at_least_once
+    instances only (the guard the rule had while the service's lag was wrong under exactly_once)
+    fails the unit tests."""
+    m = json.loads(json.dumps(rules))
+    lag = [x for g in m["groups"] for x in g["rules"] if x.get("record") == "job:leadscore_consumer_lag_records:sum"]
+    sel = 'leadscore_consumer_lag_records{job="leadscore"}'
+    if not c.check(len(lag) == 1 and sel in lag[0]["expr"], "the lag recording rule reads " + sel, str(lag)):
+        return
+    c.check("mode=" not in lag[0]["expr"], "the lag recording rule counts every instance, whatever its mode",
+            lag[0]["expr"])
+    lag[0]["expr"] = lag[0]["expr"].replace(
+        sel, sel + ' and on (instance) leadscore_commit_seconds_count{job="leadscore",mode="at_least_once"}')
+    r = run_rule_tests(args, "lag-at-least-once-only", m)
+    out = r.stdout + r.stderr
+    c.check(r.returncode != 0 and "exactly_once" in out,
+            "with the lag counting at_least_once instances only, the unit tests fail (exactly_once cases)", out[-600:])
+
+
 def check_alert_metadata(c, alerts):
     anchors = {slug(h) for h in re.findall(r"^#+\s+(.+)$", read(P("deploy/README.md")), re.M)}
     for a in alerts:
@@ -490,6 +519,7 @@ def prometheus_checks(c, args):
     names = [a["alert"] for a in alerts]
     c.check(set(names) == ALERTS, f"the alerts: {names}")
     check_mutants(c, args, rules, names)
+    check_lag_counts_every_guarantee(c, args, rules)
     check_alert_metadata(c, alerts)
     used = {base_metric(n) for g in rules["groups"] for x in g["rules"] for n in metric_names(x["expr"])}
     known = registered_metrics()
