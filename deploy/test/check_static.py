@@ -42,10 +42,12 @@ P = lambda *a: os.path.join(REPO, *a)  # noqa: E731
 K8S_VERSIONS = ["1.29.0", "1.37.0"]
 # `leadscore run --shutdown-timeout-s` default (src/cli.rs): a supervisor must wait longer.
 SHUTDOWN_TIMEOUT_S = 30
-# Sizing (deploy/README.md, "Resources"; deploy/sizing/memory.py): memory a pod keeps after
-# restoring its leads, and the tracked leads the Kubernetes manifest is sized for.
-RESTORED_KIB_PER_LEAD = 1.5
+# Sizing (deploy/README.md, "Resources"; deploy/sizing/memory.py): memory a pod takes to restore
+# its leads and keeps after, per lead and fixed, the limit's headroom over the request, and the
+# tracked leads the Kubernetes manifest is sized for.
+RESTORED_KIB_PER_LEAD = 1.0
 OVERHEAD_MIB = 64
+LIMIT_OVER_REQUEST = 4 / 3
 PLANNED_LEADS = 1_000_000
 ALERTS = {"LeadscoreNoEventsConsumed", "LeadscoreRejectedShareRising", "LeadscoreConsumerLagGrowing",
           "LeadscoreAverageScoreAbnormal", "LeadscoreInstanceDown", "LeadscoreAllInstancesDown",
@@ -695,13 +697,55 @@ def check_pod_runtime(c, sts, pod, ctr):
     c.check(pod["spec"]["securityContext"].get("runAsNonRoot") and sc.get("allowPrivilegeEscalation") is False,
             "runs as non-root without privilege escalation")
     res = ctr.get("resources", {})
+    problem, what = memory_problem(sts)
+    c.check(not problem, what, problem)
+    c.check(res.get("requests", {}).get("cpu"), "a CPU request")
+    c.check("cpu" not in res.get("limits", {}), "no CPU limit (a throttled pipeline thread only adds lag)")
+
+
+def memory_problem(sts):
+    """Why the StatefulSet's memory does not follow the sizing rule (None if it does), and what the
+    check says."""
+    ctr = sts["spec"]["template"]["spec"]["containers"][0]
+    res = ctr.get("resources", {})
     replicas = sts["spec"]["replicas"]
     need = OVERHEAD_MIB + RESTORED_KIB_PER_LEAD * PLANNED_LEADS / max(1, replicas - 1) / 1024
-    req, lim = quantity_mib(res["requests"]["memory"]), quantity_mib(res["limits"]["memory"])
-    c.check(req >= need and lim >= 1.25 * need and res["requests"].get("cpu"),
-            f"memory request {req:.0f} MiB / limit {lim:.0f} MiB cover {PLANNED_LEADS:,} restored leads on "
-            f"{replicas - 1} pod(s) ({need:.0f} MiB needed, limit with 25% headroom)")
-    c.check("cpu" not in res.get("limits", {}), "no CPU limit (a throttled pipeline thread only adds lag)")
+    try:
+        req, lim = quantity_mib(res["requests"]["memory"]), quantity_mib(res["limits"]["memory"])
+    except (KeyError, TypeError, AttributeError) as e:
+        return f"no memory request and limit: {e!r}", "memory request and limit set"
+    what = (f"memory request {req:.0f} MiB / limit {lim:.0f} MiB cover {PLANNED_LEADS:,} restored leads on "
+            f"{replicas - 1} pod(s) ({need:.0f} MiB needed: {OVERHEAD_MIB} MiB + {RESTORED_KIB_PER_LEAD} KiB per "
+            f"lead; limit at least {LIMIT_OVER_REQUEST:.2f} x that)")
+    if req < need:
+        return f"request {req:.0f} MiB < {need:.0f} MiB", what
+    if lim < LIMIT_OVER_REQUEST * need - 0.5:
+        return f"limit {lim:.0f} MiB < {LIMIT_OVER_REQUEST * need:.0f} MiB", what
+    return None, what
+
+
+def documented_rule(doc):
+    """(MiB, KiB per lead, limit over request) of the sizing rule deploy/README.md states, or None."""
+    m = re.search(r"memory request = (\d+) MiB \+ (\d+(?:\.\d+)?) KiB x total leads / \(replicas - 1\) "
+                  r"memory limit = request x (\d+)/(\d+)", re.sub(r"\s+", " ", doc))
+    return m and (int(m.group(1)), float(m.group(2)), int(m.group(3)) / int(m.group(4)))
+
+
+def check_sizing_rule(c, objs):
+    """The rule as deploy/README.md states it is the one checked, and the check rejects a
+    StatefulSet below it."""
+    doc = read(P("deploy/README.md"))
+    rule = documented_rule(doc)
+    c.check(rule == (OVERHEAD_MIB, RESTORED_KIB_PER_LEAD, LIMIT_OVER_REQUEST),
+            f"deploy/README.md's sizing rule is the checked one ({OVERHEAD_MIB} MiB + {RESTORED_KIB_PER_LEAD:g} KiB "
+            f"per lead, limit x {LIMIT_OVER_REQUEST:.2f})", f"deploy/README.md says {rule}")
+    stale = doc.replace(f"+ {RESTORED_KIB_PER_LEAD:g} KiB x total leads", f"+ {RESTORED_KIB_PER_LEAD + 0.5:g} KiB x total leads")
+    c.check(documented_rule(stale) != rule, "control: that check rejects a README with another figure per lead")
+    sts = objs[("StatefulSet", "leadscore")]
+    for field, bad in (("requests", "512Mi"), ("limits", "1Gi")):
+        broken = json.loads(json.dumps(sts))
+        broken["spec"]["template"]["spec"]["containers"][0]["resources"][field]["memory"] = bad
+        c.check(memory_problem(broken)[0], f"the sizing check rejects a StatefulSet with memory {field} {bad}")
 
 
 def check_statefulset(c, objs):
@@ -756,6 +800,7 @@ def k8s_checks(c, args):
     check_schemas(c, args)
     objs = k8s_objects()
     sts, cfg, labels = check_statefulset(c, objs)
+    check_sizing_rule(c, objs)
     check_operator_objects(c, objs, labels)
     check_keda(c, args, objs, sts, cfg)
 
