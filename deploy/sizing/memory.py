@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 
+sys.dont_write_bytecode = True  # no __pycache__ left in deploy/test/
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "test"))
 from common import (REPO, Children, TestKafka, child_env, free_port, http_get, metric_sum,  # noqa: E402
                     parse_metrics, wait_until)
