@@ -42,10 +42,12 @@ P = lambda *a: os.path.join(REPO, *a)  # noqa: E731
 K8S_VERSIONS = ["1.29.0", "1.37.0"]
 # `leadscore run --shutdown-timeout-s` default (src/cli.rs): a supervisor must wait longer.
 SHUTDOWN_TIMEOUT_S = 30
-# Sizing (deploy/README.md, "Resources"; deploy/sizing/memory.py): memory a pod keeps after
-# restoring its leads, and the tracked leads the Kubernetes manifest is sized for.
-RESTORED_KIB_PER_LEAD = 1.5
+# Sizing (deploy/README.md, "Resources"; deploy/sizing/memory.py): memory a pod takes to restore
+# its leads and keeps after, per lead and fixed, the limit's headroom over the request, and the
+# tracked leads the Kubernetes manifest is sized for.
+RESTORED_KIB_PER_LEAD = 1.0
 OVERHEAD_MIB = 64
+LIMIT_OVER_REQUEST = 4 / 3
 PLANNED_LEADS = 1_000_000
 ALERTS = {"LeadscoreNoEventsConsumed", "LeadscoreRejectedShareRising", "LeadscoreConsumerLagGrowing",
           "LeadscoreAverageScoreAbnormal", "LeadscoreInstanceDown", "LeadscoreAllInstancesDown",
@@ -470,6 +472,35 @@ def check_mutants(c, args, rules, names):
                 f"not caught: {sorted(set(names) - caught)}")
 
 
+def run_rule_tests(args, name, rules):
+    """promtool test rules with the repository's unit tests on `rules`; returns the result."""
+    mdir = os.path.join(args.workdir, f"mutant-{name}")
+    os.makedirs(os.path.join(mdir, "rules"), exist_ok=True)
+    os.makedirs(os.path.join(mdir, "tests"), exist_ok=True)
+    write(os.path.join(mdir, "rules", "leadscore.yml"), yaml.safe_dump(rules))
+    write(os.path.join(mdir, "tests", "leadscore_test.yml"), yaml.safe_dump(load_yaml(P("deploy/prometheus/tests/leadscore_test.yml"))))
+    return sh(["promtool", "test", "rules", os.path.join(mdir, "tests", "leadscore_test.yml")])
+
+
+def check_lag_counts_every_guarantee(c, args, rules):
+    """The lag recording rule counts exactly_once instances too: a copy that counts at_least_once
+    instances only (the guard the rule had while the service's lag was wrong under exactly_once)
+    fails the unit tests."""
+    m = json.loads(json.dumps(rules))
+    lag = [x for g in m["groups"] for x in g["rules"] if x.get("record") == "job:leadscore_consumer_lag_records:sum"]
+    sel = 'leadscore_consumer_lag_records{job="leadscore"}'
+    if not c.check(len(lag) == 1 and sel in lag[0]["expr"], "the lag recording rule reads " + sel, str(lag)):
+        return
+    c.check("mode=" not in lag[0]["expr"], "the lag recording rule counts every instance, whatever its mode",
+            lag[0]["expr"])
+    lag[0]["expr"] = lag[0]["expr"].replace(
+        sel, sel + ' and on (instance) leadscore_commit_seconds_count{job="leadscore",mode="at_least_once"}')
+    r = run_rule_tests(args, "lag-at-least-once-only", m)
+    out = r.stdout + r.stderr
+    c.check(r.returncode != 0 and "exactly_once" in out,
+            "with the lag counting at_least_once instances only, the unit tests fail (exactly_once cases)", out[-600:])
+
+
 def check_alert_metadata(c, alerts):
     anchors = {slug(h) for h in re.findall(r"^#+\s+(.+)$", read(P("deploy/README.md")), re.M)}
     for a in alerts:
@@ -490,6 +521,7 @@ def prometheus_checks(c, args):
     names = [a["alert"] for a in alerts]
     c.check(set(names) == ALERTS, f"the alerts: {names}")
     check_mutants(c, args, rules, names)
+    check_lag_counts_every_guarantee(c, args, rules)
     check_alert_metadata(c, alerts)
     used = {base_metric(n) for g in rules["groups"] for x in g["rules"] for n in metric_names(x["expr"])}
     known = registered_metrics()
@@ -665,13 +697,55 @@ def check_pod_runtime(c, sts, pod, ctr):
     c.check(pod["spec"]["securityContext"].get("runAsNonRoot") and sc.get("allowPrivilegeEscalation") is False,
             "runs as non-root without privilege escalation")
     res = ctr.get("resources", {})
+    problem, what = memory_problem(sts)
+    c.check(not problem, what, problem)
+    c.check(res.get("requests", {}).get("cpu"), "a CPU request")
+    c.check("cpu" not in res.get("limits", {}), "no CPU limit (a throttled pipeline thread only adds lag)")
+
+
+def memory_problem(sts):
+    """Why the StatefulSet's memory does not follow the sizing rule (None if it does), and what the
+    check says."""
+    ctr = sts["spec"]["template"]["spec"]["containers"][0]
+    res = ctr.get("resources", {})
     replicas = sts["spec"]["replicas"]
     need = OVERHEAD_MIB + RESTORED_KIB_PER_LEAD * PLANNED_LEADS / max(1, replicas - 1) / 1024
-    req, lim = quantity_mib(res["requests"]["memory"]), quantity_mib(res["limits"]["memory"])
-    c.check(req >= need and lim >= 1.25 * need and res["requests"].get("cpu"),
-            f"memory request {req:.0f} MiB / limit {lim:.0f} MiB cover {PLANNED_LEADS:,} restored leads on "
-            f"{replicas - 1} pod(s) ({need:.0f} MiB needed, limit with 25% headroom)")
-    c.check("cpu" not in res.get("limits", {}), "no CPU limit (a throttled pipeline thread only adds lag)")
+    try:
+        req, lim = quantity_mib(res["requests"]["memory"]), quantity_mib(res["limits"]["memory"])
+    except (KeyError, TypeError, AttributeError) as e:
+        return f"no memory request and limit: {e!r}", "memory request and limit set"
+    what = (f"memory request {req:.0f} MiB / limit {lim:.0f} MiB cover {PLANNED_LEADS:,} restored leads on "
+            f"{replicas - 1} pod(s) ({need:.0f} MiB needed: {OVERHEAD_MIB} MiB + {RESTORED_KIB_PER_LEAD} KiB per "
+            f"lead; limit at least {LIMIT_OVER_REQUEST:.2f} x that)")
+    if req < need:
+        return f"request {req:.0f} MiB < {need:.0f} MiB", what
+    if lim < LIMIT_OVER_REQUEST * need - 0.5:
+        return f"limit {lim:.0f} MiB < {LIMIT_OVER_REQUEST * need:.0f} MiB", what
+    return None, what
+
+
+def documented_rule(doc):
+    """(MiB, KiB per lead, limit over request) of the sizing rule deploy/README.md states, or None."""
+    m = re.search(r"memory request = (\d+) MiB \+ (\d+(?:\.\d+)?) KiB x total leads / \(replicas - 1\) "
+                  r"memory limit = request x (\d+)/(\d+)", re.sub(r"\s+", " ", doc))
+    return m and (int(m.group(1)), float(m.group(2)), int(m.group(3)) / int(m.group(4)))
+
+
+def check_sizing_rule(c, objs):
+    """The rule as deploy/README.md states it is the one checked, and the check rejects a
+    StatefulSet below it."""
+    doc = read(P("deploy/README.md"))
+    rule = documented_rule(doc)
+    c.check(rule == (OVERHEAD_MIB, RESTORED_KIB_PER_LEAD, LIMIT_OVER_REQUEST),
+            f"deploy/README.md's sizing rule is the checked one ({OVERHEAD_MIB} MiB + {RESTORED_KIB_PER_LEAD:g} KiB "
+            f"per lead, limit x {LIMIT_OVER_REQUEST:.2f})", f"deploy/README.md says {rule}")
+    stale = doc.replace(f"+ {RESTORED_KIB_PER_LEAD:g} KiB x total leads", f"+ {RESTORED_KIB_PER_LEAD + 0.5:g} KiB x total leads")
+    c.check(documented_rule(stale) != rule, "control: that check rejects a README with another figure per lead")
+    sts = objs[("StatefulSet", "leadscore")]
+    for field, bad in (("requests", "512Mi"), ("limits", "1Gi")):
+        broken = json.loads(json.dumps(sts))
+        broken["spec"]["template"]["spec"]["containers"][0]["resources"][field]["memory"] = bad
+        c.check(memory_problem(broken)[0], f"the sizing check rejects a StatefulSet with memory {field} {bad}")
 
 
 def check_statefulset(c, objs):
@@ -726,6 +800,7 @@ def k8s_checks(c, args):
     check_schemas(c, args)
     objs = k8s_objects()
     sts, cfg, labels = check_statefulset(c, objs)
+    check_sizing_rule(c, objs)
     check_operator_objects(c, objs, labels)
     check_keda(c, args, objs, sts, cfg)
 

@@ -15,24 +15,23 @@ two real leadscore instances in one consumer group on a real Kafka broker, fed b
   the dashboard's alert table must show it;
 - the image's HEALTHCHECK command (read from the Dockerfile through BuildKit's parser) passes
   against a running instance and fails against a dead port and a server without /healthz;
-- consumer lag: after B restarts under traffic, the lag each instance exports equals the lag the
-  broker reports for the group (end offsets minus committed offsets), within the alert's
-  threshold.
+- partitions: each instance counts only the input topic's partitions it owns (the repartition
+  topic's, assigned beside them, not counted): together they own the input's partitions once;
+  each exports the lag of the partitions it owns and of no other;
+- failover and consumer lag: once B is killed, A takes over every input partition and exports
+  their lag; after B restarts under traffic, A gives B's partitions back and stops exporting their
+  lag, and the lag each instance exports (and the lag recording rule, which the lag alert reads)
+  equals the lag the broker reports for the group (end offsets minus committed offsets), within
+  the alert's threshold, for both guarantees.
 
 Instance A runs on deploy/compose/leadscore.toml, instance B on the leadscore.toml of
 deploy/k8s/configmap.yaml (both with LEADSCORE_* overrides for the local broker, the test's own
 topic and group names, and ports), so both shipped configs are proven to load. A runs
 at_least_once and B exactly_once (the default), so both commit paths feed the dashboard; they
-share one group, input and state as any two instances do.
-
-Known defect (src/pipeline/mod.rs, `Rebalancing::stats`): under exactly_once the exported
-leadscore_consumer_lag_records is wrong. librdkafka's `consumer_lag` is the high watermark minus
-the consumer's committed offset, which transactional offset commits never update: with a fresh
-group it stays unknown (-1) and no series is exported; after a restart it is frozen at the offset
-committed before the restart, so the exported lag grows with every record produced, however well
-the instance keeps up. Both are reported as skipped (known defect) until fixed, then as passed.
-Until then the lag recording rule (and so LeadscoreConsumerLagGrowing) and the dashboard's lag
-panels count at_least_once instances only.
+share one group, input and state as any two instances do. Under exactly_once the lag must not
+be librdkafka's `consumer_lag` (counted from the consumer's committed offset, which transactional
+commits never move): with a fresh group it would be missing, and after a restart it would grow
+with every record however well B keeps up. The checks of B's lag catch both.
 """
 
 import argparse
@@ -70,16 +69,6 @@ LAG_THRESHOLD = 1000   # LeadscoreConsumerLagGrowing's threshold, in records
 MAY_BE_ABSENT = {
     "leadscore_state_restore_errors_total": "only after a damaged state record was skipped",
 }
-# Metrics that not every instance exports yet (see the known defect above): their expressions
-# may cover a subset of the instances.
-NOT_ON_EVERY_INSTANCE = {"leadscore_consumer_lag_records"}
-LAG_DEFECT = ("under exactly_once leadscore_consumer_lag_records is wrong: librdkafka's consumer_lag "
-              "is the high watermark minus the consumer's committed offset, which transactional "
-              "offset commits never update (unknown with a fresh group, frozen at the last "
-              "pre-restart commit after a restart); src/pipeline/mod.rs Rebalancing::stats should "
-              "use the partition's ls_offset - app_offset. Once fixed, drop the at_least_once guard "
-              "(`and on (instance) ...{mode=\"at_least_once\"}`) of job:leadscore_consumer_lag_records:sum "
-              "and of the dashboard's lag panels")
 
 
 # --- reading the dashboard and the rules ---------------------------------------------------------
@@ -317,10 +306,9 @@ def expression_problems(s, expr, res, models):
         problems.append(f"non-finite values {[(l, v) for l, v in res if not math.isfinite(v)]}")
     got_inst = {l["instance"] for l, _ in res if "instance" in l}
     # Every instance, unless the expression selects on another label's value (aborted commits
-    # exist on B only), or uses a metric that not every instance exports: then a subset.
+    # exist on B only): then a subset.
     filtered = any(k not in ("job", "instance", "model")
                    for sel in selectors(expr) for k in re.findall(r"([a-zA-Z_]+)\s*(?:=~|!~|!=|=)", sel))
-    filtered = filtered or any(n in expr for n in NOT_ON_EVERY_INSTANCE)
     if got_inst and not (got_inst <= s.instances if filtered else got_inst == s.instances):
         problems.append(f"instances {sorted(got_inst)}")
     got_models = {l["model"] for l, _ in res if "model" in l}
@@ -357,8 +345,21 @@ def check_dashboard(c, s, dash, models):
             continue
         problems = expression_problems(s, e, res, models)
         c.check(not problems, f"{where}: {len(res)} series", "; ".join(problems) + f"\n        {e}")
+        if "leadscore_consumer_lag_records" in e and any("partition" in l for l, _ in res):
+            # Both guarantees count: every input partition, whichever instance owns it.
+            got = input_partitions(s, res)
+            c.check(got == list(range(PARTITIONS)), f"{where}: every input partition once, whichever "
+                    f"instance (and guarantee) owns it: {got}", e)
+            # The control: the expression as it was while it counted at_least_once instances only.
+            guarded = input_partitions(s, s.prom.query(e.replace(
+                'leadscore_consumer_lag_records{job="leadscore",instance=~".*"}',
+                'leadscore_consumer_lag_records{job="leadscore",instance=~".*"} and on (instance) '
+                'leadscore_commit_seconds_count{job="leadscore",mode="at_least_once"}')))
+            c.check(guarded and guarded != got, f"control: that check rejects the panel counting at_least_once "
+                    f"instances only (A's partitions {guarded})", e)
     lag_b = s.prom.query(f'leadscore_consumer_lag_records{{job="leadscore",instance="{s.inst["b"]["addr"]}"}}')
-    c.known_defect(lag_b, "instance B (exactly_once, fresh group) exports leadscore_consumer_lag_records", LAG_DEFECT)
+    c.check(lag_b, "instance B (exactly_once, fresh group) exports leadscore_consumer_lag_records",
+            "no lag series of B in Prometheus")
     le_direct = {l["le"] for n, l, v in s.direct("a") if n == "leadscore_leads_by_score"}
     le_prom = {l["le"] for l, _ in s.prom.query('sum by (le) (leadscore_leads_by_score{job="leadscore"})')}
     c.check(le_direct and le_direct == le_prom, f"score distribution has the service's {len(le_direct)} buckets")
@@ -452,8 +453,62 @@ def check_healthcheck(c, s):
     c.check(run_hc(f"127.0.0.1:{s.ports['prom']}") != 0, "HEALTHCHECK fails against a server without /healthz (404)")
 
 
+def input_partitions(s, res):
+    return sorted(int(l["partition"]) for l, _ in res if l.get("topic") == s.topics["events"])
+
+
+def ownership(s, names):
+    """{instance: (leadscore_assigned_partitions, input partitions it exports a lag for)} from the
+    instances' own /metrics."""
+    out = {}
+    for name in names:
+        m = s.direct(name)
+        lagged = {int(l["partition"]) for n, l, _ in m
+                  if n == "leadscore_consumer_lag_records" and l.get("topic") == s.topics["events"]}
+        out[name] = (int(metric_sum(m, "leadscore_assigned_partitions")), lagged)
+    return out
+
+
+def owned_once(own, each_at_least=1):
+    """Whether the instances of `own` ({name: (assigned, partitions with a lag)}) own the input's
+    partitions once between them, each at least `each_at_least`, and each exports the lag of
+    exactly as many partitions as it owns, none of another's."""
+    lagged = [p for _, ps in own.values() for p in ps]
+    return (sum(n for n, _ in own.values()) == PARTITIONS and all(n >= each_at_least for n, _ in own.values())
+            and all(n == len(ps) for n, ps in own.values()) and sorted(lagged) == list(range(PARTITIONS)))
+
+
+def partitions_owned_once(s, names, each_at_least=1):
+    """The ownership of `names` when it is [owned_once], else None."""
+    own = ownership(s, names)
+    return own if owned_once(own, each_at_least) else None
+
+
+def check_ownership_controls(c):
+    """[owned_once] rejects the defects it is there for: a partition's lag still exported by its
+    former owner, and the repartition topic's partitions counted as assigned."""
+    half = PARTITIONS // 2
+    mine, theirs = set(range(half)), set(range(half, PARTITIONS))
+    stale = {"a": (half, mine | theirs), "b": (PARTITIONS - half, theirs)}
+    doubled = {"a": (2 * half, mine), "b": (2 * (PARTITIONS - half), theirs)}
+    c.check(not owned_once(stale), "control: the ownership check rejects a former owner still exporting a "
+            "partition's lag")
+    c.check(not owned_once(doubled), "control: the ownership check rejects assigned partitions that count the "
+            "repartition topic's")
+
+
+def check_partitions(c, s, names, what, timeout_s, each_at_least=1):
+    own = wait_until(what, timeout_s, lambda: partitions_owned_once(s, names, each_at_least), 0.5)
+    shown = own or ownership(s, names)
+    c.check(own, f"{what}: " + ", ".join(f"{n.upper()} owns {k} and exports the lag of {sorted(ps)}"
+                                         for n, (k, ps) in shown.items()),
+            f"expected the {PARTITIONS} input partitions once (leadscore_assigned_partitions counts the input's "
+            "only, never the repartition topic's), each exported by its owner alone")
+
+
 def check_instance_down(c, s, alerts_exprs):
-    """B killed: LeadscoreInstanceDown goes pending for B alone, and the dashboard's alert table shows it."""
+    """B killed: LeadscoreInstanceDown goes pending for B alone, and the dashboard's alert table
+    shows it; A takes over B's partitions (after the session timeout) and exports their lag."""
     b = s.inst["b"]["addr"]
     s.kids.stop(s.inst["b"]["proc"], signal.SIGKILL)
     down = lambda a: a["labels"]["alertname"] == "LeadscoreInstanceDown"  # noqa: E731
@@ -465,6 +520,9 @@ def check_instance_down(c, s, alerts_exprs):
     for where, e in alerts_exprs:
         names = {(l.get("alertname"), l.get("instance")) for l, _ in s.prom.query(e)}
         c.check(("LeadscoreInstanceDown", b) in names, f"{where}: shows the pending alert", str(names))
+    # Session timeout (10 s), a restore of B's partitions, and a statistics interval (5 s).
+    check_partitions(c, s, ["a"], f"A takes over all {PARTITIONS} input partitions of the killed B", 45,
+                     each_at_least=PARTITIONS)
 
 
 def exported_lag(s, name):
@@ -481,6 +539,8 @@ def check_lag_after_restart(c, s):
     s.start_instance("b")
     s.wait_ready("b", "instance B restarts with its transactional id and gets ready")
     ready_at = time.monotonic()
+    check_partitions(c, s, ["a", "b"], "after B's restart, A gives B its partitions back and exports no lag "
+                     "for the partitions it lost", 30)
     s.start_generator(seed=8)
     start = consumed(s, "b")
     # Three statistics intervals (5 s) of traffic after B got ready: a frozen lag has grown by then.
@@ -491,13 +551,21 @@ def check_lag_after_restart(c, s):
     print(f"  (the broker's lag of the group: {broker} records)", flush=True)
     for name, guarantee in (("a", "at_least_once"), ("b", "exactly_once")):
         reported, lag = exported_lag(s, name)
-        what = (f"instance {name.upper()} ({guarantee}) exports a lag within {LAG_THRESHOLD} of the broker's "
+        c.check(reported and abs(lag - broker) <= LAG_THRESHOLD,
+                f"instance {name.upper()} ({guarantee}) exports a lag within {LAG_THRESHOLD} of the broker's "
                 f"({lag:.0f} exported, {broker} on the broker)")
-        good = reported and abs(lag - broker) <= LAG_THRESHOLD
-        if name == "a":
-            c.check(good, what)
-        else:
-            c.known_defect(good, what, LAG_DEFECT)
+    t0 = time.time()
+
+    def evaluated_after_scrapes():
+        scraped = [v for _, v in s.prom.query(f'timestamp(up{{job="leadscore"}}) > {t0:.3f}')]
+        rule = s.prom.query("timestamp(job:leadscore_consumer_lag_records:sum)")
+        return len(scraped) == 2 and rule and rule[0][1] > max(scraped)
+
+    wait_until("a lag rule evaluation after a scrape of both instances", 15, evaluated_after_scrapes)
+    rec = s.prom.query("job:leadscore_consumer_lag_records:sum")
+    c.check(len(rec) == 1 and abs(rec[0][1] - broker) <= LAG_THRESHOLD,
+            f"the lag alert's input job:leadscore_consumer_lag_records:sum (both instances) is within "
+            f"{LAG_THRESHOLD} of the broker's ({rec[0][1] if rec else float('nan'):.0f})", str(rec))
 
 
 def run(c, kids, kafka, args):
@@ -513,6 +581,8 @@ def run(c, kids, kafka, args):
     with open(DASHBOARD) as f:
         dash = json.load(f)
     check_variables(c, s, dash, models)
+    check_ownership_controls(c)
+    check_partitions(c, s, ["a", "b"], f"A and B own the input's {PARTITIONS} partitions once between them", 15)
     alerts_exprs = check_dashboard(c, s, dash, models)
     check_rules(c, s)
     check_kpi(c, s, dash)

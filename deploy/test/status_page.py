@@ -6,14 +6,18 @@ by number against the service's own /metrics.
 The pipeline is the one `leadscore demo` runs (at_least_once, generated traffic), on the real
 broker: `leadscore run` fed by `leadscore generate`. The generator can be stopped there, and once
 the service has consumed everything its numbers hold still (scores decay over days), so every
-number on the page must equal /metrics exactly (the average to its one decimal). The screenshot
-is taken before that, while traffic flows.
+number on the page must equal /metrics exactly (the average to its one decimal), the instance is
+named by its transactional id, and it counts the input topic's partitions only (not the
+repartition topic's, assigned beside them).
+
+The trend: the service keeps an hour of average-score samples about 10 s apart
+(`/api/status` `average_history`), whether a page is open or not. Once it has a few, a page
+opened afresh (its own saved samples cleared) must draw them at its first render: a line over
+every sample, spanning the chart from the oldest to now, and a trend label naming that span. The
+screenshot is taken on that page, while traffic flows.
 
 `leadscore demo` itself (the demo's first screen is this page) is checked to get ready, to
 serve the page and its data, and to score its own traffic.
-
-Known defect (src/pipeline/state.rs, `status`): the page's "Instance" row is always a dash,
-because /api/status never fills `instance.id`. Reported as skipped until it is fixed.
 """
 
 import argparse
@@ -34,31 +38,50 @@ from common import (REPO, Abort, Checks, Children, TestKafka, free_port, http_ge
 
 RATE = 1000
 LEADS = 400  # few leads, many events each: transitions and a spread-out distribution within seconds
-INSTANCE_DEFECT = ("/api/status never sets instance.id (src/pipeline/state.rs builds InstanceStatus with "
-                   "id: String::new()): the page cannot say which instance it is; it should be the "
-                   "transactional id or the advertised URL")
+PARTITIONS = 6  # of the input topic (and so of the repartition topic)
+HISTORY_STEP_S = 10  # the service's spacing of average-score samples
+HISTORY_SAMPLES = 4  # samples the service must have before a fresh page is opened on it
+SPARK_W = 300  # the chart's viewBox width
 
 
 class Cdp:
-    """A minimal Chrome DevTools Protocol client over one page's websocket."""
+    """A minimal Chrome DevTools Protocol client over one page's websocket. Events with a handler
+    in `handlers` (method -> function of the params) are handled once the call that received
+    them has its answer; the others are kept in `events`."""
 
     def __init__(self, ws_url):
         self.ws = websocket.create_connection(ws_url, timeout=30, suppress_origin=True)
         self.next_id = 0
         self.events = []
+        self.handlers = {}
+        self.answers = {}
+        self.pending = []
+        self.handling = False
 
     def call(self, method, **params):
         self.next_id += 1
         my_id = self.next_id
         self.ws.send(json.dumps({"id": my_id, "method": method, "params": params}))
-        while True:
+        while my_id not in self.answers:
             msg = json.loads(self.ws.recv())
-            if msg.get("id") == my_id:
-                if "error" in msg:
-                    raise RuntimeError(f"{method}: {msg['error']}")
-                return msg.get("result", {})
-            if "method" in msg:
+            if "id" in msg:
+                self.answers[msg["id"]] = msg
+            elif msg.get("method") in self.handlers:
+                self.pending.append(msg)
+            elif "method" in msg:
                 self.events.append(msg)
+        msg = self.answers.pop(my_id)
+        if not self.handling:
+            self.handling = True
+            try:
+                while self.pending:
+                    e = self.pending.pop(0)
+                    self.handlers[e["method"]](e["params"])
+            finally:
+                self.handling = False
+        if "error" in msg:
+            raise RuntimeError(f"{method}: {msg['error']}")
+        return msg.get("result", {})
 
     def eval(self, js, await_promise=False):
         r = self.call("Runtime.evaluate", expression=js, returnByValue=True, awaitPromise=await_promise)
@@ -88,6 +111,7 @@ PAGE_STATE = """(() => {
     avg: t('avg'), qualified: t('qualified'), share: t('qualified-share'), tracked: t('tracked'), eps: t('eps'),
     transitions: t('transitions-total'), events: t('events-total'), updated: t('updated'),
     model: t('model'), pill: t('ready-pill'), instance: t('inst-id'), partitions: t('inst-partitions'),
+    trend: t('trend'), sparkRange: t('spark-range'),
     lag: t('inst-lag'), rejected: t('inst-rejected'), instModel: t('inst-model'),
     banner: document.getElementById('banner').className,
     spark: document.getElementById('spark-line').getAttribute('d') || '',
@@ -135,8 +159,9 @@ def check_demo(c, kids, args):
 # --- the pipeline on the real broker -------------------------------------------------------------
 
 def start_pipeline(c, kids, kafka, args):
-    """Starts `run` + `generate` on the real broker; returns (base URL, generator process)."""
-    topics = kafka.create({"events": 6, "qualified": 3, "dlq": 1})
+    """Starts `run` + `generate` on the real broker; returns (base URL, generator process, the
+    instance's transactional id)."""
+    topics = kafka.create({"events": PARTITIONS, "qualified": 3, "dlq": 1})
     group = kafka.group()
     kafka.owned_by_service("state", "group-repartition")
     port = free_port()
@@ -160,7 +185,14 @@ def start_pipeline(c, kids, kafka, args):
     ok = wait_until("leadscore run ready", 60, lambda: http_get(url + "/readyz")[0] == 200 or svc.poll() is not None)
     c.must(ok and svc.poll() is None, "leadscore run (at_least_once, as the demo runs it) gets ready",
            kids.log_tail(svc))
-    return url, gen
+    return url, gen, env["LEADSCORE_KAFKA_TRANSACTIONAL_ID"]
+
+
+def api_status(url):
+    status, body = http_get(url + "/api/status")
+    if status != 200:
+        raise RuntimeError(f"/api/status: {status}")
+    return json.loads(body)
 
 
 def metrics(url):
@@ -176,6 +208,9 @@ def start_chromium(c, kids, args):
     """Headless Chromium with a fresh profile; returns a DevTools client of its blank page."""
     profile = os.path.join(args.workdir, "chromium-profile")
     os.makedirs(profile, exist_ok=True)
+    port_file = os.path.join(profile, "DevToolsActivePort")
+    if os.path.exists(port_file):  # a previous run's, in a reused work dir
+        os.remove(port_file)
     chrome = kids.start("chromium", [
         args.chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
         "--no-first-run", "--no-default-browser-check", "--disable-extensions", "--hide-scrollbars",
@@ -183,7 +218,6 @@ def start_chromium(c, kids, args):
         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
         "--lang=en-US", "--force-color-profile=srgb", "--remote-debugging-port=0",
         "--remote-allow-origins=*", f"--user-data-dir={profile}", "about:blank"])
-    port_file = os.path.join(profile, "DevToolsActivePort")
     ok = wait_until("Chromium's DevTools port", 30, lambda: os.path.exists(port_file) and open(port_file).read().strip())
     c.must(ok, "headless Chromium starts", kids.log_tail(chrome))
     devtools = int(open(port_file).read().split()[0])
@@ -212,12 +246,148 @@ def open_page(c, cdp, url):
     c.check(num(s["eps"]) > 0, f"events per second shown while traffic flows ({s['eps']})")
 
 
+def spark_points(d):
+    """The chart's line 'M x y L x y ...' -> [(x, y), ...]."""
+    return [(float(x), float(y)) for x, y in re.findall(r"[ML]\s*(-?[\d.]+)[ ,](-?[\d.]+)", d or "")]
+
+
+def trend_span_s(text):
+    """(seconds, resolution in seconds) the trend label names ('... over the last 35 s',
+    '... 4 min', '... the last hour'), or (None, None)."""
+    m = re.search(r"over the last (\d+) (s|min)\b", text or "")
+    if m:
+        return (int(m.group(1)), 1) if m.group(2) == "s" else (60 * int(m.group(1)), 30)
+    return (3600, 60) if "the last hour" in (text or "") else (None, None)
+
+
+def wait_history(c, url, n):
+    """Waits until the service has `n` average-score samples; returns /api/status then."""
+    st = wait_until(f"{n} samples in the service's average history", n * HISTORY_STEP_S + 30,
+                    lambda: (lambda x: x if len(x.get("average_history") or []) >= n else None)(api_status(url)), 1)
+    c.must(st, f"the service keeps average-score samples for the trend ({n} within {n * HISTORY_STEP_S + 30} s)",
+           str(api_status(url).get("average_history")))
+    return st
+
+
+def history_problems(hist, now_ms):
+    """{check: problem or None} of an `average_history`: [[epoch ms, average], ...], oldest first,
+    about 10 s apart, within the last hour and not in the future."""
+    pairs = [p for p in hist if isinstance(p, list) and len(p) == 2 and isinstance(p[0], int)
+             and isinstance(p[1], (int, float)) and not isinstance(p[1], bool)]
+    gaps = [(b[0] - a[0]) / 1000 for a, b in zip(pairs, pairs[1:])]
+    return {
+        "format": None if pairs and len(pairs) == len(hist) else str(hist)[:300],
+        "spacing": (None if gaps and all(HISTORY_STEP_S - 0.1 <= g <= 2 * HISTORY_STEP_S for g in gaps)
+                    else f"gaps {[round(g, 1) for g in gaps]} s"),
+        "window": (None if pairs and now_ms - 3_600_000 <= pairs[0][0] and pairs[-1][0] <= now_ms + 1000
+                   and now_ms - pairs[-1][0] <= 2 * HISTORY_STEP_S * 1000
+                   else f"now {now_ms}, oldest {pairs[0][0] if pairs else None}, newest {pairs[-1][0] if pairs else None}"),
+    }
+
+
+def check_history(c, hist, now_ms):
+    p = history_problems(hist, now_ms)
+    gaps = [round((b[0] - a[0]) / 1000, 1) for a, b in zip(hist, hist[1:])] if not p["format"] else []
+    c.check(not p["format"], f"average_history is [[epoch_ms, average], ...] ({len(hist)} samples)", p["format"])
+    c.check(not p["spacing"], f"its samples are oldest first, about {HISTORY_STEP_S} s apart: {gaps}", p["spacing"])
+    c.check(not p["window"], "its samples lie within the last hour, the newest within two steps of now", p["window"])
+    # The control: broken histories are rejected.
+    t = int(now_ms)
+    for what, broken, key in (("as objects", [{"t": t, "v": 1.0}] * 2, "format"),
+                              ("newest first", [[t, 1.0], [t - 10_000, 2.0]], "spacing"),
+                              ("2 s apart", [[t - 2000, 1.0], [t, 2.0]], "spacing"),
+                              ("over an hour old", [[t - 3_700_000, 1.0], [t - 3_690_000, 2.0]], "window"),
+                              ("in the future", [[t + 10_000, 1.0], [t + 20_000, 2.0]], "window")):
+        c.check(history_problems(broken, now_ms)[key], f"control: the history check rejects samples {what}")
+
+
+def local_time(ms):
+    """Epoch ms as the page's en-US toLocaleTimeString() writes it ('9:58:37 AM')."""
+    t = time.localtime(ms / 1000)
+    return f"{(t.tm_hour - 1) % 12 + 1}:{t.tm_min:02d}:{t.tm_sec:02d} {'AM' if t.tm_hour < 12 else 'PM'}"
+
+
+def fresh_first_render(cdp, url):
+    """Opens the page with none of its own samples saved; returns its state at its first render
+    and how long after navigating that was."""
+    cdp.call("Page.navigate", url="about:blank")
+    cdp.call("Storage.clearDataForOrigin", origin=url.rstrip("/"), storageTypes="local_storage")
+    opened = time.monotonic()
+    cdp.call("Page.navigate", url=url + "/")
+    # The page polls every 2 s and this looks every 0.1 s: the first state with a KPI is the
+    # first render.
+    first = wait_until("the fresh page's first render", 15,
+                       lambda: (lambda x: x if num(x["avg"]) is not None else None)(cdp.eval(PAGE_STATE)), 0.1)
+    return first, time.monotonic() - opened
+
+
+def first_render_problems(first, hist):
+    """{check: problem or None} of a fresh page's first render on a service with `hist` samples."""
+    pts = spark_points(first["spark"])
+    (span, res), want = trend_span_s(first["trend"]), (time.time() * 1000 - hist[0][0]) / 1000
+    since = re.match(r"Since (.+): low .+, high .+", first["sparkRange"] or "")
+    return {
+        "points": None if len(pts) >= len(hist) + 1 else f"{len(pts)} points: {first['spark'][:120]!r}",
+        "extent": None if pts and pts[0][0] == 0.0 and pts[-1][0] >= SPARK_W - 1 else f"x from {pts[:1]} to {pts[-1:]}",
+        # The label spans the oldest sample to the page's own, taken at its first poll (just now).
+        "label": (None if span is not None and want - 15 - res <= span <= want + 1 + res
+                  else f"{first['trend']!r}, samples since {want:.0f} s ago"),
+        "since": (None if since and since.group(1) == local_time(hist[0][0])
+                  else f"{first['sparkRange']!r}, oldest sample at {local_time(hist[0][0])}"),
+    }
+
+
+def open_fresh_page(c, cdp, url, hist):
+    """A page opened afresh (no samples of its own saved) on a service with `hist` samples: its
+    first render draws every one of them, spanning the chart, and names their span."""
+    first, after = fresh_first_render(cdp, url)
+    c.must(first, "a page opened afresh renders", str(cdp.eval(PAGE_STATE)))
+    p = first_render_problems(first, hist)
+    n = len(spark_points(first["spark"]))
+    c.check(not p["points"], f"at its first render ({after:.1f} s after opening) the trend line has {n} points: "
+            f"the service's {len(hist)} samples and the page's own", p["points"])
+    c.check(not p["extent"], "the chart spans the data it has: the oldest sample at the left edge, now at the right",
+            p["extent"])
+    c.check(not p["label"], f"the trend label names the service's span at once: {first['trend']!r}", p["label"])
+    c.check(not p["since"], f"the range under the chart starts at the oldest sample: {first['sparkRange']!r}",
+            p["since"])
+
+
+def check_fresh_page_control(c, cdp, url, hist):
+    """The same first render with `average_history` taken out of /api/status (in the browser, by
+    intercepting its responses) must fail those checks: they prove that the trend comes from the
+    service's samples, not from the page's own."""
+
+    def strip_history(params):
+        body = cdp.call("Fetch.getResponseBody", requestId=params["requestId"])
+        raw = base64.b64decode(body["body"]) if body.get("base64Encoded") else body["body"].encode()
+        doc = json.loads(raw)
+        doc.pop("average_history", None)
+        cdp.call("Fetch.fulfillRequest", requestId=params["requestId"],
+                 responseCode=params.get("responseStatusCode", 200), responseHeaders=params.get("responseHeaders", []),
+                 body=base64.b64encode(json.dumps(doc).encode()).decode())
+
+    cdp.handlers["Fetch.requestPaused"] = strip_history
+    cdp.call("Fetch.enable", patterns=[{"urlPattern": "*/api/status*", "requestStage": "Response"}])
+    try:
+        first, _ = fresh_first_render(cdp, url)
+    finally:
+        cdp.call("Fetch.disable")
+        del cdp.handlers["Fetch.requestPaused"]
+    p = first_render_problems(first, hist) if first else {}
+    c.check(first and p["points"] and p["label"],
+            f"control: without average_history the fresh page's first render fails the trend checks "
+            f"({first and first['trend']!r}, {len(spark_points(first and first['spark']))} points)", str(p))
+
+
 def take_screenshot(c, cdp, path):
-    """The whole page, once it has filled its transitions table and shows a lag (traffic flowing)."""
-    full = wait_until("a full transitions table and a lag", 40,
-                      lambda: (lambda x: x if x["txRows"] >= 12 and num(x["lag"]) is not None else None)(
-                          cdp.eval(PAGE_STATE)), 0.5)
-    c.check(full, f"the latest transitions table fills ({(full or {}).get('txRows')} rows) and the lag is shown")
+    """The whole page, once it has filled its transitions table and shows a lag and events per
+    second (traffic flowing; a rate needs two polls)."""
+    full = wait_until("a full transitions table, a lag and events per second", 40,
+                      lambda: (lambda x: x if x["txRows"] >= 12 and num(x["lag"]) is not None
+                               and num(x["eps"]) is not None else None)(cdp.eval(PAGE_STATE)), 0.5)
+    c.check(full, f"the latest transitions table fills ({(full or {}).get('txRows')} rows), the lag and events "
+            f"per second ({(full or {}).get('eps')}) are shown")
     height = int(cdp.call("Page.getLayoutMetrics")["cssContentSize"]["height"])
     cdp.call("Emulation.setDeviceMetricsOverride", width=1280, height=max(600, height), deviceScaleFactor=1,
              mobile=False)
@@ -280,33 +450,56 @@ def check_numbers(c, s, m):
             f"page {page_bars}, /metrics {per_bucket}")
 
 
-def check_header_and_health(c, cdp, s, m):
+def check_header_and_health(c, cdp, s, m, tx_id):
     models = {l["model"] for n, l, _ in m if n == "leadscore_tracked_leads"}
     c.check(any(f"Model {name}" in (s["model"] or "") for name in models),
             f"the header names the model {sorted(models)}", s["model"])
     c.check(s["pill"] == "Ready", "the readiness pill says Ready", s["pill"])
-    c.known_defect(s["instance"] not in (None, "", "\u2014"),
-                   f"the instance health block names the instance ({s['instance']!r})", INSTANCE_DEFECT)
+    c.check(s["instance"] == tx_id, f"the instance health block names the instance by its transactional id "
+            f"({s['instance']!r})", f"expected {tx_id!r}")
+    assigned = metric_sum(m, "leadscore_assigned_partitions")
+    c.check(assigned == PARTITIONS and num(s["partitions"]) == PARTITIONS,
+            f"assigned partitions are the input's {PARTITIONS} (page {s['partitions']}, /metrics {assigned:.0f}), "
+            "not counting the repartition topic's")
     c.check("show" not in s["banner"], "no connection-lost banner")
     errors = cdp.errors()
     c.check(not errors, "no script error, console error or CSP violation", "; ".join(errors))
+
+
+def check_history_is_the_average(c, url):
+    """Once the service is idle, its next sample is the average it reports."""
+    idle_ms = time.time() * 1000
+    st = wait_until("a sample taken after the service went idle", 2 * HISTORY_STEP_S + 5,
+                    lambda: (lambda x: x if x["average_history"] and x["average_history"][-1][0] > idle_ms else None)(
+                        api_status(url)), 0.5)
+    want = metric_sum(metrics(url), "leadscore_average_score")
+    got = st["average_history"][-1][1] if st else None
+    # Scores decay between the sample and the scrape (half-lives of days): 0.01 covers seconds.
+    c.check(got is not None and abs(got - want) <= 0.01,
+            f"the newest sample of the history is the average score ({got} = leadscore_average_score {want}, "
+            "within 0.01)")
 
 
 def run(c, kids, kafka, args):
     if not shutil.which(args.chromium):
         c.must(False, f"{args.chromium} is installed")
     check_demo(c, kids, args)
-    url, gen = start_pipeline(c, kids, kafka, args)
+    url, gen, tx_id = start_pipeline(c, kids, kafka, args)
     c.must(wait_until("transitions", 40, lambda: metric_sum(metrics(url), "leadscore_transitions_total") > 0, 0.5),
            "the pipeline publishes transitions")
     cdp = start_chromium(c, kids, args)
     open_page(c, cdp, url)
+    st = wait_history(c, url, HISTORY_SAMPLES)
+    check_history(c, st["average_history"], time.time() * 1000)
+    check_fresh_page_control(c, cdp, url, st["average_history"])
+    open_fresh_page(c, cdp, url, st["average_history"])
     take_screenshot(c, cdp, args.screenshot)
     wait_idle(c, kids, url, gen)
     s = next_poll(c, cdp)
     m = metrics(url)
     check_numbers(c, s, m)
-    check_header_and_health(c, cdp, s, m)
+    check_header_and_health(c, cdp, s, m, tx_id)
+    check_history_is_the_average(c, url)
     cdp.ws.close()
 
 
