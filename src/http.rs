@@ -561,7 +561,8 @@ dl.health dd { margin: 0; font-weight: 600; font-variant-numeric: tabular-nums; 
   function str(v) { return v === null || v === undefined ? '' : String(v); }
   function setText(id, s) { $(id).textContent = s; }
   function fmtInt(v) { v = num(v); return v === null ? '—' : nf0.format(v); }
-  function fmtScore(v) { v = num(v); return v === null ? '—' : nf1.format(v); }
+  // A score that rounds to zero shows as 0.0, not -0.0.
+  function fmtScore(v) { v = num(v); return v === null ? '—' : nf1.format(Math.abs(v) < 0.05 ? 0 : v); }
   function clear(el) { while (el.firstChild) { el.removeChild(el.firstChild); } }
   function el(tag, cls, text) {
     var e = document.createElement(tag);

@@ -89,11 +89,18 @@ pub fn restore_consumer_config(cfg: &KafkaConfig) -> ClientConfig {
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
         .set("fetch.wait.max.ms", "10")
-        // Large fetches (a restore reads whole partitions), but a bounded queue: the restore's
-        // peak memory is the engines' plus this, per restore thread.
-        .set("queued.max.messages.kbytes", "16384")
-        .set("fetch.max.bytes", "33554432")
-        .set("max.partition.fetch.bytes", "8388608");
+        // A short read-ahead: a restore applies records as fast as it can fetch them, and
+        // whatever librdkafka fetches ahead (fetched messages, decompressed batches, receive
+        // buffers) is peak memory on top of the engines, per restore thread. The defaults let
+        // it read nearly a whole changelog ahead: measured (deploy/sizing/memory.py
+        // --restore-env), these settings halve a restore's peak and do not slow it down. The
+        // short queue backoff matters: at librdkafka's default (1 s) a full queue stalls the
+        // fetcher for a second each time.
+        .set("queued.max.messages.kbytes", "8192")
+        .set("queued.min.messages", "10000")
+        .set("fetch.max.bytes", "8388608")
+        .set("max.partition.fetch.bytes", "1048576")
+        .set("fetch.queue.backoff.ms", "10");
     passthrough(c, cfg)
 }
 

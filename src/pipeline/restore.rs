@@ -203,10 +203,24 @@ pub(crate) fn restore_tasks(
     }
     engines.sort_by_key(|(t, _)| *t);
     let leads: usize = engines.iter().map(|(_, e)| e.lead_ids().count()).sum();
+    release_free_memory();
     let secs = started.elapsed().as_secs_f64();
     metrics.restore_seconds.observe(secs);
     info!(tasks = ?tasks, records, damaged, leads, threads, seconds = secs, "state restored");
     Ok(engines)
+}
+
+/// Gives the memory the restore consumers freed back to the operating system. Their read-ahead
+/// was allocated by librdkafka's threads in malloc arenas of their own, which glibc keeps after
+/// the threads are gone: measured (deploy/sizing/memory.py --malloc-trim), a restored instance
+/// otherwise holds about twice the memory of its leads for good.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory of glibc's arenas to the kernel; it has no
+    // preconditions and touches no memory in use.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Restored engines by task, records read, records skipped.

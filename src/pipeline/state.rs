@@ -137,7 +137,12 @@ impl Shared {
     }
 
     /// Keeps a sample of the average score for the trend (at most one per [`HISTORY_STEP_MS`]).
-    fn sample_average(&self, now: i64, average: f64) {
+    fn sample_average(&self, now: i64, totals: &Totals) {
+        if totals.leads == 0 {
+            // No lead (starting, or restoring): 0 would read as the average falling to zero.
+            return;
+        }
+        let average = totals.average();
         let mut h = lock(&self.history);
         if h.back().is_some_and(|&(t, _)| now - t < HISTORY_STEP_MS && now >= t) {
             return;
@@ -156,7 +161,7 @@ impl Shared {
             return;
         }
         let snap = self.snapshot_at(now, &[]);
-        self.sample_average(now, snap.totals.average());
+        self.sample_average(now, &snap.totals);
     }
 
     pub(crate) fn set_partition_count(&self, n: usize) {
@@ -392,7 +397,7 @@ impl StatusSource for Shared {
         let now = wall_ms();
         let bounds = score_bounds(&self.model);
         let snap = self.snapshot_at(now, &bounds);
-        self.sample_average(now, snap.totals.average());
+        self.sample_average(now, &snap.totals);
         let latest = lock(&self.latest).iter().cloned().collect();
         let average_history = lock(&self.history).iter().map(|&(t, v)| (t, v)).collect();
         let lag = self.lag.load(Ordering::Relaxed);
