@@ -6,7 +6,8 @@
 //! one at a time into a reused buffer, and a line over `max_event_bytes` is skipped without being
 //! held whole.
 
-use std::io::{self, BufRead, Write};
+use std::io::{self, Read, Write};
+use std::ops::Range;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -62,30 +63,91 @@ pub struct Summary {
     pub at: Option<String>,
 }
 
-/// Reads one line into `buf` (without the newline), keeping at most `max + 1` bytes of it.
-/// Returns `None` at end of input, else the line's full length.
-fn read_line_bounded(input: &mut impl BufRead, buf: &mut Vec<u8>, max: usize) -> io::Result<Option<usize>> {
-    buf.clear();
-    let mut len = 0usize;
-    let mut any = false;
-    loop {
-        let chunk = input.fill_buf()?;
-        if chunk.is_empty() {
-            return Ok(any.then_some(len));
+/// JSON lines read into one buffer a batch at a time and decoded where they are (no copy per
+/// line). A line longer than the buffer (which holds at least `max_event_bytes + 2`) is over the
+/// limit anyway: it is skipped without being held, and counted as `too_large`.
+struct Lines {
+    buf: Vec<u8>,
+    /// Unread data is `buf[start..end]`.
+    start: usize,
+    end: usize,
+    eof: bool,
+    /// Inside a line longer than the buffer: dropping bytes until its newline.
+    skipping: bool,
+}
+
+impl Lines {
+    fn new(max_event_bytes: usize) -> Lines {
+        let len = (max_event_bytes + 2).max(1 << 20);
+        Lines { buf: vec![0; len], start: 0, end: 0, eof: false, skipping: false }
+    }
+
+    /// Every byte read and every line handed out.
+    fn done(&self) -> bool {
+        self.eof && self.start == self.end && !self.skipping
+    }
+
+    /// The next lines (without their newline), at most `max` of them, as ranges of
+    /// [`Lines::data`]. Reads more input only when no complete line is left. Returns how many
+    /// over-long lines it skipped.
+    fn next_batch(&mut self, input: &mut impl Read, ranges: &mut Vec<Range<usize>>, max: usize) -> io::Result<u64> {
+        ranges.clear();
+        let mut skipped = 0;
+        loop {
+            while ranges.len() < max && self.start < self.end {
+                let rest = &self.buf[self.start..self.end];
+                match memchr::memchr(b'\n', rest) {
+                    Some(i) => {
+                        if self.skipping {
+                            self.skipping = false;
+                            skipped += 1;
+                        } else {
+                            ranges.push(self.start..self.start + i);
+                        }
+                        self.start += i + 1;
+                    }
+                    None => break,
+                }
+            }
+            if !ranges.is_empty() || self.done() {
+                return Ok(skipped);
+            }
+            if self.eof {
+                // The last line, without a newline.
+                if self.skipping {
+                    self.skipping = false;
+                    skipped += 1;
+                } else {
+                    ranges.push(self.start..self.end);
+                }
+                self.start = self.end;
+                return Ok(skipped);
+            }
+            // No complete line left: keep the partial one at the front and read more.
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            if self.end == self.buf.len() {
+                // A partial line fills the whole buffer: far over the limit.
+                self.skipping = true;
+                self.end = 0;
+            }
+            let n = loop {
+                match input.read(&mut self.buf[self.end..]) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            if n == 0 {
+                self.eof = true;
+            }
+            self.end += n;
         }
-        any = true;
-        let (part, done) = match memchr::memchr(b'\n', chunk) {
-            Some(i) => (&chunk[..i], Some(i + 1)),
-            None => (chunk, None),
-        };
-        let keep = (max + 1).saturating_sub(buf.len()).min(part.len());
-        buf.extend_from_slice(&part[..keep]);
-        len += part.len();
-        let consumed = done.unwrap_or(chunk.len());
-        input.consume(consumed);
-        if done.is_some() {
-            return Ok(Some(len));
-        }
+    }
+
+    fn data(&self) -> &[u8] {
+        &self.buf
     }
 }
 
@@ -120,7 +182,7 @@ impl<W: Write> Sink<'_, W> {
 /// Replays `input` through a new engine, writing transitions as JSON lines to `out`.
 pub fn replay(
     model: Arc<Model>,
-    input: &mut impl BufRead,
+    input: &mut impl Read,
     out: &mut impl Write,
     opts: ReplayOptions,
 ) -> io::Result<Summary> {
@@ -133,29 +195,26 @@ pub fn replay(
     // Lines are read and decoded a batch at a time, and what applying the batch touches is
     // prefetched before the first of them applies (see `Engine::prefetch`): at millions of
     // leads every event misses the cache several times, and this overlaps the misses.
-    let mut lines: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(1024)).collect();
+    let mut lines = Lines::new(opts.max_event_bytes);
+    let mut ranges = Vec::with_capacity(BATCH);
     let (mut hashes, mut slots) = (Vec::with_capacity(BATCH), Vec::with_capacity(BATCH));
-    let mut eof = false;
-    while !eof {
-        let mut n = 0;
-        while n < BATCH {
-            let Some(len) = read_line_bounded(input, &mut lines[n], opts.max_event_bytes)? else {
-                eof = true;
-                break;
-            };
-            if len <= lines[n].len() && is_blank(&lines[n]) {
-                continue;
-            }
-            n += 1;
-        }
-        lines_read += n as u64;
+    while !lines.done() {
+        let skipped = lines.next_batch(input, &mut ranges, BATCH)?;
+        lines_read += skipped;
+        rejected[RejectReason::TooLarge.index()] += skipped;
+        let data = lines.data();
         // Decoding is the time the prefetched lines need to arrive: each event's index entry is
         // requested as soon as it is decoded, and its core `CORE_LAG` events later.
-        let mut batch = Vec::with_capacity(n);
+        let mut batch = Vec::with_capacity(ranges.len());
         hashes.clear();
         slots.clear();
-        for line in &lines[..n] {
-            // A line cut at max + 1 bytes is still over the limit: decode reports too_large.
+        for r in &ranges {
+            let line = &data[r.clone()];
+            if is_blank(line) {
+                continue;
+            }
+            lines_read += 1;
+            // A line over the limit: decode reports too_large.
             match decode(line, &decode_opts) {
                 Ok(ev) => {
                     let h = engine.hashes(&ev);
@@ -223,18 +282,41 @@ pub fn replay(
 mod tests {
     use super::*;
 
+    fn batches(data: &[u8], max_event_bytes: usize, per_batch: usize) -> (Vec<Vec<String>>, u64) {
+        // A reader that hands out 3 bytes at a time, so lines straddle reads.
+        struct Trickle<'a>(&'a [u8]);
+        impl Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let n = self.0.len().min(buf.len()).min(3);
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let mut lines = Lines::new(max_event_bytes);
+        lines.buf.truncate(8); // a tiny buffer: lines longer than it are skipped
+        let (mut input, mut ranges, mut out, mut skipped) = (Trickle(data), Vec::new(), Vec::new(), 0);
+        while !lines.done() {
+            skipped += lines.next_batch(&mut input, &mut ranges, per_batch).unwrap();
+            let batch: Vec<String> =
+                ranges.iter().map(|r| String::from_utf8(lines.data()[r.clone()].to_vec()).unwrap()).collect();
+            if !batch.is_empty() {
+                out.push(batch);
+            }
+        }
+        (out, skipped)
+    }
+
     #[test]
-    fn bounded_lines() {
-        let data = b"abc\n\nxxxxxxxxxx\nlast";
-        let mut input = io::BufReader::with_capacity(4, &data[..]);
-        let mut buf = Vec::new();
-        assert_eq!(read_line_bounded(&mut input, &mut buf, 5).unwrap(), Some(3));
-        assert_eq!(buf, b"abc");
-        assert_eq!(read_line_bounded(&mut input, &mut buf, 5).unwrap(), Some(0));
-        assert_eq!(read_line_bounded(&mut input, &mut buf, 5).unwrap(), Some(10));
-        assert_eq!(buf.len(), 6, "keeps max + 1 bytes of a long line");
-        assert_eq!(read_line_bounded(&mut input, &mut buf, 5).unwrap(), Some(4));
-        assert_eq!(buf, b"last");
-        assert_eq!(read_line_bounded(&mut input, &mut buf, 5).unwrap(), None);
+    fn lines_in_batches_across_reads() {
+        let (out, skipped) = batches(b"abc\n\nxxxxxxxxxxxxxxxx\nde\nlast", 5, 2);
+        assert_eq!(skipped, 1, "the 16-byte line is longer than the 8-byte buffer");
+        let all: Vec<String> = out.concat();
+        assert_eq!(all, ["abc", "", "de", "last"]);
+        assert!(out.iter().all(|b| b.len() <= 2));
+        let (out, skipped) = batches(b"a\nxxxxxxxxxxxxxxxxxxxx", 5, 10);
+        assert_eq!((out.concat(), skipped), (vec!["a".to_owned()], 1), "an over-long last line");
+        assert_eq!(batches(b"", 5, 10), (vec![], 0));
+        assert_eq!(batches(b"\n", 5, 10).0.concat(), [""]);
     }
 }

@@ -212,6 +212,8 @@ pub struct Engine {
     /// When the next sweep of expired leads is due (they are invisible before it; the sweep
     /// only gives their memory back).
     next_sweep: i64,
+    /// Sweeps so far: a slot found before one may have been given back by it.
+    sweeps: u64,
     /// Pending decay-driven crossings: (due, slot, generation). Stale entries are skipped.
     timers: BinaryHeap<Reverse<(i64, u32, u32)>>,
     event_id_hasher: foldhash::quality::FixedState,
@@ -353,6 +355,7 @@ impl Engine {
             col_timer,
             clock: i64::MIN,
             next_sweep: i64::MIN,
+            sweeps: 0,
             timers: BinaryHeap::new(),
             event_id_hasher: foldhash::quality::FixedState::with_seed(0x6465_6475_7000_0001),
             batch: Vec::new(),
@@ -584,15 +587,21 @@ impl Engine {
         h: EventHashes,
         out: &mut impl FnMut(Transition),
     ) -> Applied {
-        if self.is_duplicate_hashed(ev, h) {
-            return Applied::Duplicate;
+        let found = self.store.find_hashed(&ev.lead_id, h.lead);
+        if let (Some(slot), Some(id_hash)) = (found, h.event_id) {
+            if !self.expired(slot) && self.is_remembered(slot, id_hash) {
+                return Applied::Duplicate;
+            }
         }
+        let sweeps = self.sweeps;
         if ev.timestamp_ms > self.clock {
             self.advance(ev.timestamp_ms, out);
         }
         // Moving the engine's clock does not change whether the event is a duplicate: that
-        // depends on the lead's own clock and ids (and a lead it expired starts afresh).
-        let applied = self.apply_inner(ev, h, false, out);
+        // depends on the lead's own clock and ids (and a lead it expired starts afresh). Nor
+        // where the lead is, unless a sweep gave slots back.
+        let known = (self.sweeps == sweeps).then_some(found);
+        let applied = self.apply_inner(ev, h, false, known, out);
         self.advance(self.clock, out);
         applied
     }
@@ -607,18 +616,25 @@ impl Engine {
 
     /// [`Engine::apply`] with the event's [`Engine::hashes`] already computed.
     pub fn apply_hashed(&mut self, ev: &LeadEvent<'_>, h: EventHashes, out: &mut impl FnMut(Transition)) -> Applied {
-        self.apply_inner(ev, h, true, out)
+        self.apply_inner(ev, h, true, None, out)
     }
 
+    /// `known`: where the caller just found the lead (`Some(None)`: not in the store), so that
+    /// it is not looked up twice.
     fn apply_inner(
         &mut self,
         ev: &LeadEvent<'_>,
         h: EventHashes,
         check_duplicate: bool,
+        known: Option<Option<u32>>,
         out: &mut impl FnMut(Transition),
     ) -> Applied {
         let t = ev.timestamp_ms;
-        let (slot, mut new) = self.store.find_or_insert_hashed(&ev.lead_id, h.lead, t);
+        let (slot, mut new) = match known {
+            Some(Some(slot)) => (slot, false),
+            Some(None) => (self.store.insert_hashed(&ev.lead_id, h.lead, t), true),
+            None => self.store.find_or_insert_hashed(&ev.lead_id, h.lead, t),
+        };
         if !new && self.expired(slot) {
             // Forgotten (not yet swept) and back: it starts afresh.
             self.store.reset(slot, t);
@@ -954,6 +970,7 @@ impl Engine {
     /// invisible: see [`Engine::expired`]). Amortized: runs once per quarter of `forget_after`
     /// of clock.
     fn sweep(&mut self) {
+        self.sweeps += 1;
         let expired: Vec<u32> = self.store.live_slots().filter(|&s| self.expired(s)).collect();
         for slot in expired {
             if let Some(a) = self.attrs.get_mut(slot as usize) {

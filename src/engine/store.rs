@@ -1,12 +1,12 @@
-//! Lead storage laid out for millions of leads: a slab of 48-byte cores, sparse rows of
-//! model-dependent numbers, lead ids in one byte arena, per-lead tables of remembered event
-//! ids, and an open-addressing index of slots.
+//! Lead storage laid out for millions of leads: a slab of one-cache-line cores, sparse rows of
+//! model-dependent numbers (inside the core when they are narrow), lead ids in one byte arena,
+//! per-lead tables of remembered event ids, and an open-addressing index of slots.
 //!
 //! Why not `HashMap<String, LeadState>` with a dense vector of totals: a `String` key costs 24
 //! bytes plus a heap block, and the example model has 16 numbers per lead (4 groups, 10 limited
-//! rules, ...) of which a typical lead touches two or three. Here a lead costs its core, 8 bytes
-//! per number it actually has, its id bytes once, about 11 to 21 bytes of index, and 16 bytes
-//! per remembered event id.
+//! rules, ...) of which a typical lead touches two or three. Here a lead costs its 64-byte core
+//! (which holds up to two numbers), 8 bytes per number beyond those when it has more than two,
+//! its id bytes once, about 11 to 21 bytes of index, and 16 bytes per remembered event id.
 //!
 //! The per-event work touches a handful of places that are almost never in cache at millions of
 //! leads: the index entry, the core, the id bytes, the row and the event-id table. Their
@@ -15,9 +15,9 @@
 //! events start those loads for all of them, one level at a time, before applying any: the
 //! cache misses of a batch then overlap instead of queueing one after the other.
 //!
-//! Sparse rows: a lead's `mask` says which columns it has; their values sit in a chunk of
-//! `popcount(mask)` words in the pool of that size, in column order. Adding a column moves the
-//! chunk to the next pool; freed chunks are reused.
+//! Sparse rows: a lead's `mask` says which columns it has; their values sit in column order in
+//! the core when there are at most two, else in a chunk of `popcount(mask)` words in the pool of
+//! that size. Adding a column moves the chunk to the next pool; freed chunks are reused.
 //!
 //! Event ids: a lead remembers the 64-bit hashes of its recent event ids with the lead's clock
 //! after each. Up to 8 live in a short list; beyond that in an open-addressing table of the
@@ -27,8 +27,13 @@
 
 use std::hash::BuildHasher;
 
-/// Fixed part of a lead's state: 48 bytes.
+/// Fixed part of a lead's state: one cache line (64 bytes, aligned), so that reading a lead
+/// touches one line, not two (48-byte cores straddled lines: every other one had its flags in
+/// a line nobody had prefetched). The line has room for a row of up to [`INLINE`] columns, the
+/// common case (a lead touches two or three numbers of the model), which then costs no second
+/// line either.
 #[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
 pub(crate) struct LeadCore {
     /// The lead's clock: the greatest accepted event time.
     pub tau: i64,
@@ -36,13 +41,16 @@ pub(crate) struct LeadCore {
     pub last_at: i64,
     /// Columns present in the row.
     mask: u64,
+    /// The row when it has at most [`INLINE`] columns.
+    inline: [u64; INLINE],
     /// Offset of the lead id in the arena.
     id_off: u32,
     /// Bumped when the slot is freed or reset, so stale timers never match.
     pub gen: u32,
     /// Transitions since the lead entered state (the `n` of transition ids).
     pub transitions: u32,
-    /// Index of the row's chunk in the pool of `popcount(mask)` words.
+    /// Index of the row's chunk in the pool of `popcount(mask)` words (rows wider than
+    /// [`INLINE`]).
     chunk: u32,
     /// Index of the event-id table's chunk in `id_pools[ids_class - 1]`.
     ids_chunk: u32,
@@ -51,6 +59,81 @@ pub(crate) struct LeadCore {
     /// 0: no remembered event id; else 1 + the class of the table (capacity `1 << class`).
     ids_class: u8,
     flags: u8,
+}
+
+/// Columns a row keeps inside its lead's core.
+const INLINE: usize = 2;
+
+/// The cores, in pages of [`PAGE`] (256 KiB): growing adds a page and never moves the others.
+/// A `Vec` of cache-line-aligned cores would double by allocating anew and copying (the system
+/// allocator cannot grow an over-aligned block in place), briefly holding every core twice:
+/// at 10M leads, 600 MiB of peak memory for nothing.
+#[derive(Default)]
+pub(crate) struct Cores {
+    pages: Vec<Box<[LeadCore]>>,
+    len: usize,
+}
+
+const PAGE_BITS: u32 = 12;
+const PAGE: usize = 1 << PAGE_BITS;
+
+impl Cores {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    fn push(&mut self, core: LeadCore) {
+        if self.len == self.pages.len() * PAGE {
+            self.pages.push(vec![core; PAGE].into_boxed_slice());
+        }
+        let i = self.len;
+        self.len += 1;
+        self[i] = core;
+    }
+
+    fn reserve(&mut self, additional: usize) {
+        self.pages.reserve((self.len + additional).div_ceil(PAGE).saturating_sub(self.pages.len()));
+    }
+
+    #[inline]
+    pub fn get(&self, i: usize) -> Option<&LeadCore> {
+        (i < self.len).then(|| &self.pages[i >> PAGE_BITS][i & (PAGE - 1)])
+    }
+
+    #[inline]
+    fn ptr(&self, i: usize) -> *const LeadCore {
+        match self.pages.get(i >> PAGE_BITS) {
+            Some(page) => page.as_ptr().wrapping_add(i & (PAGE - 1)),
+            None => std::ptr::null(),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &LeadCore> + '_ {
+        self.pages.iter().flat_map(|p| p.iter()).take(self.len)
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut LeadCore> + '_ {
+        let len = self.len;
+        self.pages.iter_mut().flat_map(|p| p.iter_mut()).take(len)
+    }
+}
+
+impl std::ops::Index<usize> for Cores {
+    type Output = LeadCore;
+
+    #[inline]
+    fn index(&self, i: usize) -> &LeadCore {
+        debug_assert!(i < self.len);
+        &self.pages[i >> PAGE_BITS][i & (PAGE - 1)]
+    }
+}
+
+impl std::ops::IndexMut<usize> for Cores {
+    #[inline]
+    fn index_mut(&mut self, i: usize) -> &mut LeadCore {
+        debug_assert!(i < self.len);
+        &mut self.pages[i >> PAGE_BITS][i & (PAGE - 1)]
+    }
 }
 
 const QUALIFIED: u8 = 1;
@@ -271,7 +354,7 @@ fn chunk_len(class: usize) -> usize {
 pub(crate) struct Store {
     hasher: Hasher,
     index: Index,
-    pub cores: Vec<LeadCore>,
+    pub cores: Cores,
     /// `pools[k]` holds rows of `k` columns; `pools[0]` is unused.
     pools: Vec<Pool>,
     arena: Vec<u8>,
@@ -289,7 +372,7 @@ impl Store {
         Store {
             hasher: hasher(),
             index: Index::new(),
-            cores: Vec::new(),
+            cores: Cores::default(),
             pools: (0..=columns).map(|_| Pool::default()).collect(),
             arena: Vec::new(),
             arena_garbage: 0,
@@ -339,9 +422,15 @@ impl Store {
 
     /// [`Store::find_or_insert`] with the id's [`Store::hash`] already computed.
     pub fn find_or_insert_hashed(&mut self, id: &str, hash: u64, tau: i64) -> (u32, bool) {
-        if let Some(slot) = self.find_hashed(id, hash) {
-            return (slot, false);
+        match self.find_hashed(id, hash) {
+            Some(slot) => (slot, false),
+            None => (self.insert_hashed(id, hash, tau), true),
         }
+    }
+
+    /// Adds a lead the caller knows is not in the store, with clock `tau`; returns its slot.
+    pub fn insert_hashed(&mut self, id: &str, hash: u64, tau: i64) -> u32 {
+        debug_assert!(self.find_hashed(id, hash).is_none(), "lead already in the store");
         assert!((1..=256).contains(&id.len()), "lead ids are 1 to 256 bytes");
         let id_off = u32::try_from(self.arena.len()).expect("lead id arena exceeds 4 GiB");
         self.arena.extend_from_slice(id.as_bytes());
@@ -349,6 +438,7 @@ impl Store {
             tau,
             last_at: i64::MIN,
             mask: 0,
+            inline: [0; INLINE],
             id_off,
             gen: 0,
             transitions: 0,
@@ -372,7 +462,7 @@ impl Store {
             }
         };
         self.index.insert(hash, slot);
-        (slot, true)
+        slot
     }
 
     /// Clears a lead's state in place, as if it had just entered with clock `tau`: a lead that
@@ -407,7 +497,7 @@ impl Store {
     fn free_row(&mut self, slot: u32) {
         let c = &mut self.cores[slot as usize];
         let k = c.mask.count_ones() as usize;
-        if k > 0 {
+        if k > INLINE {
             self.pools[k].free.push(c.chunk);
         }
         c.mask = 0;
@@ -441,14 +531,14 @@ impl Store {
     #[inline]
     pub fn prefetch_core(&self, hash: u64) -> Option<u32> {
         let slot = self.index.candidate(hash)?;
-        prefetch(self.cores.as_ptr().wrapping_add(slot as usize));
+        prefetch(self.cores.ptr(slot as usize));
         Some(slot)
     }
 
     /// Level 2 for a known slot.
     #[inline]
     pub fn prefetch_slot(&self, slot: u32) {
-        prefetch(self.cores.as_ptr().wrapping_add(slot as usize));
+        prefetch(self.cores.ptr(slot as usize));
     }
 
     /// Level 3 (once level 2 has arrived): the lead's id bytes, its row, and where its event-id
@@ -458,17 +548,19 @@ impl Store {
         let Some(c) = self.cores.get(slot as usize) else { return };
         prefetch(self.arena.as_ptr().wrapping_add(c.id_off as usize));
         let k = c.mask.count_ones() as usize;
-        if k > 0 {
+        if k > INLINE {
             prefetch(self.pools[k].words.as_ptr().wrapping_add(c.chunk as usize * k));
         }
         if c.ids_class > 0 {
             let class = c.ids_class as usize - 1;
             let start = c.ids_chunk as usize * chunk_len(class);
-            let at = match id_hash {
-                Some(h) if class >= SMALL_CLASSES => start + 1 + (h >> (64 - class)) as usize,
-                _ => start,
-            };
-            prefetch(self.id_pools[class].entries.as_ptr().wrapping_add(at));
+            let entries = self.id_pools[class].entries.as_ptr();
+            // A small table is one or two lines from its start; a large one is read at its
+            // header (the count) and where `id_hash` probes.
+            prefetch(entries.wrapping_add(start));
+            if let (Some(h), true) = (id_hash, class >= SMALL_CLASSES) {
+                prefetch(entries.wrapping_add(start + 1 + (h >> (64 - class)) as usize));
+            }
         }
     }
 
@@ -480,14 +572,20 @@ impl Store {
     pub fn row(&self, slot: u32) -> (u64, &[u64]) {
         let c = &self.cores[slot as usize];
         let k = c.mask.count_ones() as usize;
+        if k <= INLINE {
+            return (c.mask, &c.inline[..k]);
+        }
         let start = c.chunk as usize * k;
         (c.mask, &self.pools[k].words[start..start + k])
     }
 
     #[inline]
     pub fn row_mut(&mut self, slot: u32) -> (u64, &mut [u64]) {
-        let c = &self.cores[slot as usize];
+        let c = &mut self.cores[slot as usize];
         let k = c.mask.count_ones() as usize;
+        if k <= INLINE {
+            return (c.mask, &mut c.inline[..k]);
+        }
         let start = c.chunk as usize * k;
         (c.mask, &mut self.pools[k].words[start..start + k])
     }
@@ -512,12 +610,12 @@ impl Store {
         let old = self.cores[slot as usize].mask;
         if mask != old {
             let k_old = old.count_ones() as usize;
-            if k_old > 0 {
+            if k_old > INLINE {
                 let chunk = self.cores[slot as usize].chunk;
                 self.pools[k_old].free.push(chunk);
             }
             let k = mask.count_ones() as usize;
-            let chunk = if k == 0 {
+            let chunk = if k <= INLINE {
                 0
             } else {
                 let pool = &mut self.pools[k];
@@ -774,7 +872,7 @@ mod tests {
         assert!(new && c == a, "slot reused");
         assert_eq!(s.row(c).0, 0, "a reused slot starts empty");
         assert_eq!(s.id(c), "c");
-        assert_eq!(std::mem::size_of::<LeadCore>(), 48);
+        assert_eq!((std::mem::size_of::<LeadCore>(), std::mem::align_of::<LeadCore>()), (64, 64));
     }
 
     /// The index against a `HashMap`, through inserts, lookups and removals (backward shift)
