@@ -542,7 +542,7 @@ def main():
     w("- `commit.interval.ms`: 100 under `exactly_once_v2` (Streams' default, and leadscore's interval) and "
       "Streams' default 30 s under `at_least_once` (leadscore commits every 100 ms in both modes);")
     w("- raw `byte[]` serdes for the input and output (it parses the JSON itself, with Jackson's streaming "
-      "parser), compact hand-written serdes for the stores; producer lz4 and `linger.ms` 1 (as leadscore's), "
+      "parser), compact hand-written serdes for the stores; producer without compression and `linger.ms` 1 (as leadscore's), "
       "consumer `fetch.max.wait.ms` 10 (as leadscore's);")
     w("- decay is `pow(2, -dt/h)` bit for bit as glibc computes it (a port, checked at start-up against "
       "vectors from the real libm): Java's `Math.pow` differs from it in the last bit for some inputs.")
