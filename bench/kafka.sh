@@ -117,7 +117,7 @@ create_topic() { # create_topic NAME PARTITIONS [CONFIG...]
 records_seen() { awk '/^leadscore_events_(rejected_)?total\{/ { s += $NF } END { printf "%d", s }' "$1"; }
 
 start_leadscore() { # start_leadscore NAME IN OUT DLQ PORT [GUARANTEE]: sets LS_PID, LS_T0
-  LEADSCORE_LOG=warn LEADSCORE_KAFKA_DEAD_LETTER_TOPIC="$4" LEADSCORE_KAFKA_STATE_TOPIC="$PREFIX-$1-state" \
+  LEADSCORE_LOG=${BENCH_LEADSCORE_LOG:-warn} LEADSCORE_KAFKA_DEAD_LETTER_TOPIC="$4" LEADSCORE_KAFKA_STATE_TOPIC="$PREFIX-$1-state" \
     LEADSCORE_KAFKA_TRANSACTIONAL_ID="$PREFIX-$1" "$RUN_BIN" run --brokers "$BROKERS" \
     --processing-guarantee "${6:-at_least_once}" --input-topics "$2" --output-topic "$3" \
     --group-id "$PREFIX-$1" --listen "127.0.0.1:$5" --model examples/model.toml \

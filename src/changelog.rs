@@ -23,14 +23,148 @@
 //! u16  attributes (if flag 8), each: str name, u8 tag (0 absent, 1 string, 2 number, 3 bool,
 //!      4 array or object), then u32 length + UTF-8 bytes | f64 | u8
 //! u32  event ids, each: u64 hash, i64 clock (the lead's clock after that event)
+//! u8   id bucket bits               0: every remembered id is above; b > 0: they are in 2^b
+//!                                   bucket records instead (and none is above). Absent in
+//!                                   records of the first release (read as 0)
 //! ```
 //!
 //! `str` is a u16 length and UTF-8 bytes. Event ids are stored as the engine's 64-bit hash of
 //! the id (see `engine::event_id_hash`; a test pins its values, so a dependency upgrade cannot
 //! silently change it and forget every remembered id).
+//!
+//! **Bucket records.** A busy lead remembers thousands of event ids in a day's dedup window (a
+//! bot, a lead in a campaign). Written inside its record, they would make the record grow
+//! without bound, past the broker's `max.message.bytes` (which stops the pipeline), and be
+//! rewritten whole every commit. So a lead with more than [`INLINE_IDS`] ids keeps them in
+//! `2^b` bucket records instead, by the top `b` bits of the id hash, each under the key
+//! `lead id, 0xFF, b, bucket (u16 big-endian)` (0xFF never occurs in UTF-8, so the key cannot be
+//! a lead id), in the same partition as the lead. Only the buckets that received ids are
+//! written at a commit, so a busy lead costs a few small records per commit, not all its ids;
+//! when `b` changes, the buckets of the old `b` are deleted (tombstones) and all new ones
+//! written. A reader takes a lead's ids from the buckets whose `b` its record names, so stale
+//! buckets of another `b` never count. Bucket value:
+//!
+//! ```text
+//! u8   version (1)
+//! u32  event ids, each: u64 hash, i64 clock
+//! ```
 
 /// Current version of the record format.
 pub const VERSION: u8 = 1;
+
+/// Most ids a lead's record holds itself; more go to bucket records.
+pub const INLINE_IDS: usize = 64;
+
+/// Most bucket bits: 65,536 buckets of a lead.
+pub const MAX_BUCKET_BITS: u8 = 16;
+
+/// What a state-topic key names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Key<'a> {
+    /// A lead's record.
+    Lead(&'a str),
+    /// One of a lead's `2^bits` event-id buckets.
+    Bucket { lead: &'a str, bits: u8, index: u16 },
+}
+
+/// Reads a state-topic key.
+pub fn parse_key(key: &[u8]) -> Result<Key<'_>, ChangelogError> {
+    fn lead_of(b: &[u8]) -> Result<&str, ChangelogError> {
+        match std::str::from_utf8(b) {
+            Ok(id) if (1..=256).contains(&id.len()) => Ok(id),
+            _ => Err(ChangelogError::BadKey),
+        }
+    }
+    match key.iter().position(|&b| b == 0xFF) {
+        None => Ok(Key::Lead(lead_of(key)?)),
+        Some(i) => match key[i + 1..] {
+            [bits, hi, lo] if (1..=MAX_BUCKET_BITS).contains(&bits) => {
+                let index = u16::from_be_bytes([hi, lo]);
+                if u32::from(index) >= 1u32 << bits {
+                    return Err(ChangelogError::BadKey);
+                }
+                Ok(Key::Bucket { lead: lead_of(&key[..i])?, bits, index })
+            }
+            _ => Err(ChangelogError::BadKey),
+        },
+    }
+}
+
+/// Writes the key of a lead's bucket.
+pub fn bucket_key(lead_id: &str, bits: u8, index: u16, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(lead_id.as_bytes());
+    out.push(0xFF);
+    out.push(bits);
+    out.extend_from_slice(&index.to_be_bytes());
+}
+
+/// The bucket of an id hash among `2^bits`.
+pub fn bucket_of(id_hash: u64, bits: u8) -> u16 {
+    (id_hash >> (64 - u32::from(bits))) as u16
+}
+
+/// Appends a bucket record holding `ids`.
+pub fn encode_bucket(ids: &[(u64, i64)], out: &mut Vec<u8>) {
+    out.push(VERSION);
+    out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+    for (hash, clock) in ids {
+        out.extend_from_slice(&hash.to_le_bytes());
+        out.extend_from_slice(&clock.to_le_bytes());
+    }
+}
+
+/// Reads a bucket record, handing each id to `id`. On an error, `id` may have seen some.
+pub fn visit_bucket(value: &[u8], mut id: impl FnMut(u64, i64)) -> Result<(), ChangelogError> {
+    let mut c = Cursor(value);
+    let version = c.u8()?;
+    if version != VERSION {
+        return Err(ChangelogError::UnknownVersion(version));
+    }
+    let n = c.u32()? as usize;
+    if c.0.len() != n * 16 {
+        return Err(if c.0.len() < n * 16 { ChangelogError::Truncated } else { ChangelogError::TrailingBytes });
+    }
+    for _ in 0..n {
+        id(c.u64()?, c.i64()?);
+    }
+    Ok(())
+}
+
+/// Every lead's state from state-topic records read in log order (what a reader of the topic,
+/// compacted or not, rebuilds): the last record of each key wins, tombstones delete, and a lead
+/// whose record names bucket records gets the ids of those buckets. Ids older than
+/// `dedup_window_ms` before the lead's clock are dropped (they can make no duplicate); ids are
+/// sorted. For tools and tests; a restore does the same inside the engine.
+pub fn assemble<'a>(
+    records: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+    dedup_window_ms: i64,
+) -> Result<std::collections::BTreeMap<String, LeadRecord>, ChangelogError> {
+    let mut latest: std::collections::BTreeMap<&[u8], Option<&[u8]>> = std::collections::BTreeMap::new();
+    for (k, v) in records {
+        latest.insert(k, v);
+    }
+    let mut leads = std::collections::BTreeMap::new();
+    for (&k, v) in &latest {
+        if let (Key::Lead(id), Some(v)) = (parse_key(k)?, v) {
+            leads.insert(id.to_owned(), decode_record(v)?);
+        }
+    }
+    for (&k, v) in &latest {
+        if let (Key::Bucket { lead, bits, .. }, Some(v)) = (parse_key(k)?, v) {
+            if let Some(r) = leads.get_mut(lead).filter(|r| r.id_bucket_bits == bits) {
+                visit_bucket(v, |h, c| r.event_ids.push((h, c)))?;
+            }
+        }
+    }
+    for r in leads.values_mut() {
+        let oldest = r.tau_ms.saturating_sub(dedup_window_ms);
+        r.event_ids.retain(|&(_, c)| c >= oldest);
+        r.event_ids.sort_unstable();
+        r.id_bucket_bits = 0;
+    }
+    Ok(leads)
+}
 
 pub(crate) const QUALIFIED: u8 = 1;
 pub(crate) const HAS_UNGROUPED: u8 = 2;
@@ -71,6 +205,9 @@ pub struct LeadRecord {
     /// Remembered event ids: hash and the lead's clock after that event, sorted, only those
     /// still inside the dedup window.
     pub event_ids: Vec<(u64, i64)>,
+    /// 0: `event_ids` are all the lead's ids; `b > 0`: they are in the lead's `2^b` bucket
+    /// records, not here ([`assemble`] merges them).
+    pub id_bucket_bits: u8,
 }
 
 /// Why a changelog record could not be read.
@@ -178,6 +315,7 @@ pub fn encode_record(r: &LeadRecord, out: &mut Vec<u8>) {
         out.extend_from_slice(&hash.to_le_bytes());
         out.extend_from_slice(&clock.to_le_bytes());
     }
+    out.push(r.id_bucket_bits);
 }
 
 /// A bounds-checked reader over a record.
@@ -243,6 +381,8 @@ pub struct Header {
     pub fixed: Option<f64>,
     /// Whether the record carries attributes (a `profile_update` was merged).
     pub has_attributes: bool,
+    /// The lead's ids are in `2^bits` bucket records (0: in this record).
+    pub id_bucket_bits: u8,
 }
 
 /// An attribute value borrowed from a record.
@@ -315,6 +455,11 @@ pub fn visit_record<'a>(value: &'a [u8], mut part: impl FnMut(Part<'a>)) -> Resu
     for _ in 0..c.u32()? {
         part(Part::EventId(c.u64()?, c.i64()?));
     }
+    // Records written before buckets existed end here: all their ids are inline.
+    let id_bucket_bits = if c.0.is_empty() { 0 } else { c.u8()? };
+    if id_bucket_bits > MAX_BUCKET_BITS {
+        return Err(ChangelogError::BadTag(id_bucket_bits));
+    }
     if !c.0.is_empty() {
         return Err(ChangelogError::TrailingBytes);
     }
@@ -326,6 +471,7 @@ pub fn visit_record<'a>(value: &'a [u8], mut part: impl FnMut(Part<'a>)) -> Resu
         ungrouped,
         fixed,
         has_attributes,
+        id_bucket_bits,
     })
 }
 
@@ -349,6 +495,7 @@ pub fn decode_record(value: &[u8]) -> Result<LeadRecord, ChangelogError> {
         limits,
         attributes: h.has_attributes.then_some(attrs),
         event_ids,
+        id_bucket_bits: h.id_bucket_bits,
     })
 }
 
@@ -374,6 +521,7 @@ mod tests {
                 ("country".into(), None),
             ]),
             event_ids: vec![(1, 5), (u64::MAX, i64::MAX)],
+            id_bucket_bits: 0,
         }
     }
 
@@ -397,18 +545,83 @@ mod tests {
             limits: vec![],
             attributes: None,
             event_ids: vec![],
+            id_bucket_bits: 3,
         };
         buf.clear();
         encode_record(&minimal, &mut buf);
-        assert_eq!(buf.len(), 1 + 8 + 8 + 4 + 1 + 2 + 2 + 4);
+        assert_eq!(buf.len(), 1 + 8 + 8 + 4 + 1 + 2 + 2 + 4 + 1);
         assert_eq!(decode_record(&buf), Ok(minimal));
+    }
+
+    #[test]
+    fn keys_and_buckets() {
+        let mut k = Vec::new();
+        bucket_key("lead-7", 4, 11, &mut k);
+        assert_eq!(parse_key(&k), Ok(Key::Bucket { lead: "lead-7", bits: 4, index: 11 }));
+        assert_eq!(parse_key(b"lead-7"), Ok(Key::Lead("lead-7")));
+        // A lead id may hold any UTF-8, NUL included; 0xFF is never in it.
+        assert_eq!(parse_key("a\0\u{ff}b".as_bytes()), Ok(Key::Lead("a\0\u{ff}b")));
+        bucket_key("x", 4, 16, &mut k);
+        assert_eq!(parse_key(&k), Err(ChangelogError::BadKey), "bucket 16 of 2^4");
+        for bad in [&b""[..], b"\xff\x01\x00\x00", b"a\xff\x00\x00\x00", b"a\xff\x11\x00\x00", b"a\xff\x01\x00"] {
+            assert_eq!(parse_key(bad), Err(ChangelogError::BadKey), "{bad:?}");
+        }
+        assert_eq!(bucket_of(u64::MAX, 3), 7);
+        assert_eq!(bucket_of(1 << 60, 3), 0);
+        let ids = [(1u64, 10i64), (2, 20)];
+        let mut v = Vec::new();
+        encode_bucket(&ids, &mut v);
+        let mut back = Vec::new();
+        visit_bucket(&v, |h, c| back.push((h, c))).unwrap();
+        assert_eq!(back, ids);
+        for len in 0..v.len() {
+            assert!(visit_bucket(&v[..len], |_, _| {}).is_err());
+        }
+    }
+
+    /// A reader takes a lead's ids from the buckets its latest record names, after tombstones.
+    #[test]
+    fn assemble_merges_the_named_buckets() {
+        let mut rec = sample();
+        rec.event_ids.clear();
+        rec.id_bucket_bits = 1;
+        let (mut main, mut b0, mut b1, mut stale) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        encode_record(&rec, &mut main);
+        encode_bucket(&[(3, rec.tau_ms)], &mut b0);
+        encode_bucket(&[(u64::MAX, rec.tau_ms - 1), (u64::MAX - 1, 0)], &mut b1);
+        encode_bucket(&[(99, rec.tau_ms)], &mut stale);
+        let (mut k0, mut k1, mut k_stale, mut k_gone) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        bucket_key("l", 1, 0, &mut k0);
+        bucket_key("l", 1, 1, &mut k1);
+        bucket_key("l", 2, 0, &mut k_stale);
+        bucket_key("gone", 1, 0, &mut k_gone);
+        let records: Vec<(&[u8], Option<&[u8]>)> = vec![
+            (&k1, Some(&b0)),
+            (b"l", Some(&main)),
+            (&k0, Some(&b0)),
+            (&k1, Some(&b1)),
+            (&k_stale, Some(&stale)),
+            (&k_gone, Some(&b0)),
+            (b"gone", Some(&main)),
+            (b"gone", None),
+        ];
+        let leads = assemble(records, 1000).unwrap();
+        assert_eq!(leads.keys().collect::<Vec<_>>(), ["l"]);
+        let l = &leads["l"];
+        assert_eq!(l.id_bucket_bits, 0);
+        // Bucket 1's latest value; the id older than the window and the stale bucket are out.
+        assert_eq!(l.event_ids, [(3, rec.tau_ms), (u64::MAX, rec.tau_ms - 1)]);
     }
 
     #[test]
     fn damaged_records_are_errors_not_panics() {
         let mut buf = Vec::new();
         encode_record(&sample(), &mut buf);
-        for len in 0..buf.len() {
+        // The last byte (id bucket bits) is absent in the first release's records: without it
+        // the record still reads, with every id inline. Any shorter prefix is an error.
+        assert_eq!(buf.last(), Some(&0));
+        assert_eq!(decode_record(&buf[..buf.len() - 1]), decode_record(&buf));
+        for len in 0..buf.len() - 1 {
             assert!(decode_record(&buf[..len]).is_err(), "prefix of {len} bytes");
         }
         let mut longer = buf.clone();

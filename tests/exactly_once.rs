@@ -50,7 +50,7 @@ mod common;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::{Debug, Display};
+use std::fmt::Display;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -756,19 +756,12 @@ fn check_dead_letters(
     problems.list(&format!("{header}: without source headers of the input"), &unattributed);
 }
 
-/// The state topic must be compacted, have the input's partition count, and hold each lead in one
-/// partition. The latest record of each lead must decode to what the expected engine exports.
-///
-/// `decode` and `export` are `leadscore::changelog::decode_record` and `Engine::export_lead`.
-/// They are passed in so that this check does not depend on where the record type lives.
-fn check_changelog<R: Debug + PartialEq>(
-    g: &Group,
-    got: &[Received],
-    expected: &Expected,
-    decode: impl Fn(&[u8]) -> Result<R, String>,
-    export: impl Fn(&str) -> Option<R>,
-    problems: &mut Problems,
-) {
+/// The state topic must be compacted, have the input's partition count, and hold each lead (its
+/// record and its id buckets) in one partition. What a reader rebuilds from it
+/// (`leadscore::changelog::assemble`: the last record of each key, buckets merged) must be what
+/// the expected engine exports, lead for lead.
+fn check_changelog(g: &Group, got: &[Received], expected: &Expected, problems: &mut Problems) {
+    use leadscore::changelog::{assemble, parse_key, Key};
     match partition_count(&g.state) {
         Some(n) if n == g.partitions as usize => {}
         n => {
@@ -779,18 +772,32 @@ fn check_changelog<R: Debug + PartialEq>(
     if !policy.contains("compact") {
         problems.push(format!("state topic {}: cleanup.policy {policy:?}, expected compact", g.state));
     }
-    // Latest record per key (a reader reads each partition in offset order).
-    let mut latest: BTreeMap<String, &Received> = BTreeMap::new();
     let mut partitions_of: BTreeMap<String, BTreeSet<i32>> = BTreeMap::new();
-    let mut unkeyed = 0usize;
+    let (mut unkeyed, mut bad_keys, mut buckets) = (0usize, Vec::new(), 0usize);
+    let mut records = Vec::new();
     for r in got {
         let Some(key) = r.key.as_deref() else {
             unkeyed += 1;
             continue;
         };
-        let key = String::from_utf8_lossy(key).into_owned();
-        partitions_of.entry(key.clone()).or_default().insert(r.partition);
-        latest.insert(key, r);
+        let lead = match parse_key(key) {
+            Ok(Key::Lead(l)) => l,
+            Ok(Key::Bucket { lead, .. }) => {
+                buckets += 1;
+                lead
+            }
+            Err(e) => {
+                bad_keys.push(format!(
+                    "{:?} (partition {} offset {}): {e}",
+                    String::from_utf8_lossy(key),
+                    r.partition,
+                    r.offset
+                ));
+                continue;
+            }
+        };
+        partitions_of.entry(lead.to_owned()).or_default().insert(r.partition);
+        records.push((key, (!r.tombstone).then_some(&r.payload[..])));
     }
     if unkeyed > 0 {
         problems.push(format!("state topic: {unkeyed} records without a key"));
@@ -800,40 +807,40 @@ fn check_changelog<R: Debug + PartialEq>(
         .filter(|(_, ps)| ps.len() > 1)
         .map(|(lead, ps)| format!("{lead}: in state partitions {ps:?}"))
         .collect();
-
+    let assembled = match assemble(records, g.model.dedup_window_ms) {
+        Ok(a) => a,
+        Err(e) => {
+            problems.push(format!("state topic: records that do not decode: {e}"));
+            Default::default()
+        }
+    };
     let leads: BTreeSet<&str> = expected.engine.lead_ids().collect();
-    let (mut missing, mut deleted, mut undecodable, mut differing) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut missing, mut differing) = (Vec::new(), Vec::new());
     let clip = |s: String| if s.len() > 600 { format!("{}...", &s[..600]) } else { s };
     for &lead in &leads {
-        let Some(r) = latest.get(lead) else {
-            missing.push(lead.to_owned());
-            continue;
-        };
-        if r.tombstone {
-            deleted.push(format!("{lead} (offset {})", r.offset));
-            continue;
-        }
-        let want = export(lead).unwrap_or_else(|| panic!("the expected engine does not export {lead}"));
-        match decode(&r.payload) {
-            Err(e) => undecodable.push(format!("{lead} (partition {} offset {}): {e}", r.partition, r.offset)),
-            Ok(have) if have != want => differing.push(format!(
-                "{lead} (partition {} offset {}):\n        expected {}\n        read     {}",
-                r.partition,
-                r.offset,
+        let want =
+            expected.engine.export_lead(lead).unwrap_or_else(|| panic!("the expected engine does not export {lead}"));
+        match assembled.get(lead) {
+            None => missing.push(lead.to_owned()),
+            Some(have) if *have != want => differing.push(format!(
+                "{lead}:\n        expected {}\n        read     {}",
                 clip(format!("{want:?}")),
                 clip(format!("{have:?}"))
             )),
-            Ok(_) => {}
+            Some(_) => {}
         }
     }
-    let unknown: Vec<&str> =
-        latest.iter().filter(|(k, r)| !r.tombstone && !leads.contains(k.as_str())).map(|(k, _)| k.as_str()).collect();
-    eprintln!("changelog: {} records read, {} keys, {} leads expected", got.len(), latest.len(), leads.len());
-    let header = format!("changelog ({} leads expected, {} keys read)", leads.len(), latest.len());
-    problems.list(&format!("{header}: leads without a record"), &missing);
-    problems.list(&format!("{header}: leads whose latest record is a tombstone"), &deleted);
-    problems.list(&format!("{header}: latest records that do not decode"), &undecodable);
-    problems.list(&format!("{header}: latest records that differ from the expected state"), &differing);
+    let unknown: Vec<&str> = assembled.keys().map(String::as_str).filter(|k| !leads.contains(k)).collect();
+    eprintln!(
+        "changelog: {} records read ({buckets} of id buckets), {} leads rebuilt, {} leads expected",
+        got.len(),
+        assembled.len(),
+        leads.len()
+    );
+    let header = format!("changelog ({} leads expected, {} rebuilt)", leads.len(), assembled.len());
+    problems.list(&format!("{header}: keys that are not state keys"), &bad_keys);
+    problems.list(&format!("{header}: leads without a live record"), &missing);
+    problems.list(&format!("{header}: leads whose state differs from the expected state"), &differing);
     problems.list(&format!("{header}: live records of leads the input does not have"), &unknown);
     problems.list(&format!("{header}: leads with records in more than one partition"), &split);
 }
@@ -891,14 +898,7 @@ fn verify(g: &mut Group, produced: &Produced, more: impl FnOnce(&Group, &Expecte
     check_dead_letters(&dlq, &expected, produced, &g.input, &mut problems);
     if partition_count(&g.state).is_some() {
         let state = read_committed_to_high_watermarks(&g.state, "state", &mut problems);
-        check_changelog(
-            g,
-            &state,
-            &expected,
-            |v| leadscore::changelog::decode_record(v).map_err(|e| format!("{e:?}")),
-            |lead| expected.engine.export_lead(lead),
-            &mut problems,
-        );
+        check_changelog(g, &state, &expected, &mut problems);
     } else {
         problems.push(format!("state topic {} was not created", g.state));
     }

@@ -223,6 +223,11 @@ pub struct Engine {
     journal: Option<Box<Journal>>,
     /// Scratch of [`Engine::restore`]: a record's event ids.
     import_ids: Vec<[i64; 2]>,
+    /// Leads whose event ids the changelog keeps in bucket records (engines with a journal).
+    id_buckets: HashMap<u32, IdBuckets, Hasher>,
+    /// Bucket records read by a restore, by key (the last wins; `None`: deleted), applied by
+    /// [`Engine::finish_restore`].
+    restore_buckets: BucketRecords,
     /// Columns and attributes by the names a changelog record stores them under.
     names: Names,
     /// Scratch of [`Engine::apply`]: the row of the lead being applied, by column (only the
@@ -244,11 +249,40 @@ struct Names {
 struct Journal {
     /// Slots whose state changed (a slot may appear twice; its `dirty` flag decides).
     dirty: Vec<u32>,
-    /// Leads `forget_after` removed: tombstones.
-    removed: Vec<Box<str>>,
+    /// Leads `forget_after` removed, with their id-bucket bits: tombstones.
+    removed: Vec<(Box<str>, u8)>,
     buf: Vec<u8>,
     /// Scratch: a lead's event ids, sorted for its record.
     ids: Vec<(u64, i64)>,
+    /// Scratch: a bucket record's key.
+    key: Vec<u8>,
+}
+
+/// State-topic bucket records by key (`None`: deleted).
+type BucketRecords = HashMap<Box<[u8]>, Option<Box<[u8]>>, Hasher>;
+
+/// A lead whose event ids are in bucket records of the changelog (see [`crate::changelog`]):
+/// how many buckets, and which got ids since the last drain.
+pub(crate) struct IdBuckets {
+    bits: u8,
+    dirty: Box<[u64]>,
+    /// Every bucket is to be written (the lead was reset: their content is stale).
+    all: bool,
+}
+
+impl IdBuckets {
+    fn new(bits: u8) -> IdBuckets {
+        IdBuckets { bits, dirty: vec![0; (1usize << bits).div_ceil(64)].into_boxed_slice(), all: false }
+    }
+
+    fn mark(&mut self, id_hash: u64) {
+        let i = crate::changelog::bucket_of(id_hash, self.bits) as usize;
+        self.dirty[i / 64] |= 1 << (i % 64);
+    }
+
+    fn is_dirty(&self, i: u16) -> bool {
+        self.dirty[i as usize / 64] & (1 << (i % 64)) != 0
+    }
 }
 
 /// Columns of a lead's row: the ungrouped total, the group totals, `fixed`, `fit`, one packed
@@ -361,6 +395,8 @@ impl Engine {
             batch: Vec::new(),
             journal: None,
             import_ids: Vec::new(),
+            id_buckets: HashMap::with_hasher(store::hasher()),
+            restore_buckets: HashMap::with_hasher(store::hasher()),
             row: Some(Box::new([0; 64])),
             model,
         }
@@ -638,6 +674,9 @@ impl Engine {
         if !new && self.expired(slot) {
             // Forgotten (not yet swept) and back: it starts afresh.
             self.store.reset(slot, t);
+            if let Some(b) = self.id_buckets.get_mut(&slot) {
+                b.all = true;
+            }
             new = true;
         }
         if !new && check_duplicate {
@@ -751,6 +790,11 @@ impl Engine {
         if let Some(id_hash) = h.event_id {
             let oldest = core.tau.saturating_sub(self.model.dedup_window_ms);
             self.store.ids_remember(slot, id_hash, core.tau, oldest);
+            if !self.id_buckets.is_empty() {
+                if let Some(b) = self.id_buckets.get_mut(&slot) {
+                    b.mark(id_hash);
+                }
+            }
         }
 
         // The check, at a = max(τ, at of the previous transition).
@@ -976,8 +1020,9 @@ impl Engine {
             if let Some(a) = self.attrs.get_mut(slot as usize) {
                 *a = None;
             }
+            let bits = self.id_buckets.remove(&slot).map_or(0, |b| b.bits);
             if let Some(j) = &mut self.journal {
-                j.removed.push(self.store.id(slot).into());
+                j.removed.push((self.store.id(slot).into(), bits));
             }
             // Its heap entries die with the generation.
             self.store.remove(slot);

@@ -5,8 +5,12 @@
 //! limits, attributes, remembered event ids and transition count; its next decay-driven crossing
 //! is recomputed from that state (it is a function of it), so scheduled crossings survive too.
 
+use super::IdBuckets;
 use super::{Attr, Engine, COL_GROUPS, COL_UNGROUPED, NO_WINDOW};
-use crate::changelog::{encode_record, visit_record, AttrRef, AttrValue, ChangelogError, LeadRecord, Part};
+use crate::changelog::{
+    bucket_key, bucket_of, encode_bucket, encode_record, parse_key, visit_bucket, visit_record, AttrRef, AttrValue,
+    ChangelogError, Key, LeadRecord, Part, INLINE_IDS, MAX_BUCKET_BITS,
+};
 
 impl Attr {
     fn to_record(&self) -> AttrValue {
@@ -40,18 +44,22 @@ impl Engine {
         self.journal.as_ref().map_or(0, |j| j.dirty.len() + j.removed.len())
     }
 
-    /// Hands every change since the last call to `out`: `(lead id, Some(record bytes))` for a
-    /// lead whose state changed, `(lead id, None)` for a lead `forget_after` removed. Removals
-    /// come first, so a lead removed and back within one drain ends with its new state. Nothing
-    /// on an engine built without [`Engine::with_changelog`].
-    pub fn drain_changelog(&mut self, mut out: impl FnMut(&str, Option<&[u8]>)) {
+    /// Hands every change since the last call to `out`, as state-topic records: `(key,
+    /// Some(value))` for a lead whose state changed (and for its id buckets that did, see
+    /// [`crate::changelog`]), `(key, None)` for what `forget_after` removed (the lead and its
+    /// buckets) or what no longer exists. Removals come first, so a lead removed and back within
+    /// one drain ends with its new state. Nothing on an engine built without
+    /// [`Engine::with_changelog`].
+    pub fn drain_changelog(&mut self, mut out: impl FnMut(&[u8], Option<&[u8]>)) {
         let Some(journal) = self.journal.as_mut() else { return };
         let removed = std::mem::take(&mut journal.removed);
         let dirty = std::mem::take(&mut journal.dirty);
         let mut buf = std::mem::take(&mut journal.buf);
-        let mut journal_ids = std::mem::take(&mut journal.ids);
-        for id in &removed {
-            out(id, None);
+        let mut ids = std::mem::take(&mut journal.ids);
+        let mut key = std::mem::take(&mut journal.key);
+        for (id, bits) in &removed {
+            out(id.as_bytes(), None);
+            tombstone_buckets(id, *bits, &mut key, &mut out);
         }
         for (i, &slot) in dirty.iter().enumerate() {
             // The changed leads are spread over the whole state: request each lead's core, then
@@ -67,13 +75,41 @@ impl Engine {
                 continue;
             }
             core.set_dirty(false);
+            let prev = self.id_buckets.get(&slot).map_or(0, |b| b.bits);
             if self.expired(slot) {
-                out(self.store.id(slot), None);
+                let id = self.store.id(slot);
+                out(id.as_bytes(), None);
+                tombstone_buckets(id, prev, &mut key, &mut out);
+                self.id_buckets.remove(&slot);
                 continue;
             }
+            let oldest = self.store.cores[slot as usize].tau.saturating_sub(self.model.dedup_window_ms);
+            ids.clear();
+            ids.extend(self.store.ids_entries(slot).filter(|e| e[1] >= oldest).map(|e| (e[0] as u64, e[1])));
+            // Sorted by hash, which is by bucket too (buckets are the top bits).
+            ids.sort_unstable();
+            let bits = choose_bucket_bits(ids.len(), prev);
             buf.clear();
-            self.encode_slot(slot, &mut buf, &mut journal_ids);
-            out(self.store.id(slot), Some(&buf));
+            self.encode_slot(slot, &mut buf, if bits == 0 { &ids } else { &[] }, bits);
+            let id = self.store.id(slot);
+            out(id.as_bytes(), Some(&buf));
+            if bits != prev {
+                tombstone_buckets(id, prev, &mut key, &mut out);
+                if bits > 0 {
+                    // Every bucket of the new layout that holds ids.
+                    write_buckets(id, bits, &ids, |_| true, false, &mut key, &mut buf, &mut out);
+                }
+            } else if bits > 0 {
+                let b = &self.id_buckets[&slot];
+                // What changed: the buckets that got ids, or all of them after a reset (their
+                // earlier content must go). A bucket left empty is deleted.
+                write_buckets(id, bits, &ids, |i| b.all || b.is_dirty(i), true, &mut key, &mut buf, &mut out);
+            }
+            if bits == 0 {
+                self.id_buckets.remove(&slot);
+            } else {
+                self.id_buckets.insert(slot, IdBuckets::new(bits));
+            }
         }
         let journal = self.journal.as_mut().expect("journal");
         // Keep the allocations for the next drain.
@@ -82,13 +118,15 @@ impl Engine {
         journal.dirty = dirty;
         journal.dirty.clear();
         journal.buf = buf;
-        journal.ids = journal_ids;
+        journal.ids = ids;
+        journal.key = key;
     }
 
-    /// The changelog record of a lead, byte for byte `encode_record(&self.export_slot(slot))`,
-    /// written straight from the engine's state: a commit writes one per lead changed in the
-    /// interval, so it must not allocate (`ids` is scratch).
-    fn encode_slot(&self, slot: u32, out: &mut Vec<u8>, ids: &mut Vec<(u64, i64)>) {
+    /// The changelog record of a lead, byte for byte `encode_record` of its exported state
+    /// with `ids` (sorted) in it and `bits` as its id-bucket bits, written straight from the
+    /// engine's state: a commit writes one per lead changed in the interval, so it must not
+    /// allocate.
+    fn encode_slot(&self, slot: u32, out: &mut Vec<u8>, ids: &[(u64, i64)], bits: u8) {
         use crate::changelog::{count16, put_str, HAS_ATTRIBUTES, HAS_FIXED, HAS_UNGROUPED, QUALIFIED, VERSION};
         let core = &self.store.cores[slot as usize];
         let (mask, _) = self.store.row(slot);
@@ -158,15 +196,12 @@ impl Engine {
                 }
             }
         }
-        let oldest = core.tau.saturating_sub(model.dedup_window_ms);
-        ids.clear();
-        ids.extend(self.store.ids_entries(slot).filter(|e| e[1] >= oldest).map(|e| (e[0] as u64, e[1])));
-        ids.sort_unstable();
         out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
-        for (hash, clock) in ids.iter() {
+        for (hash, clock) in ids {
             out.extend_from_slice(&hash.to_le_bytes());
             out.extend_from_slice(&clock.to_le_bytes());
         }
+        out.push(bits);
     }
 
     /// A lead's whole state, as its changelog record holds it; `None` for a lead not in state.
@@ -215,6 +250,7 @@ impl Engine {
             limits,
             attributes,
             event_ids,
+            id_bucket_bits: 0,
         }
     }
 
@@ -223,17 +259,47 @@ impl Engine {
     /// order, so the last one for a lead wins, as compaction would have it. A damaged record is
     /// an error and changes nothing.
     pub fn restore(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), ChangelogError> {
-        let lead_id = std::str::from_utf8(key).map_err(|_| ChangelogError::BadKey)?;
-        if lead_id.is_empty() || lead_id.len() > 256 {
-            return Err(ChangelogError::BadKey);
-        }
-        match value {
-            Some(v) => self.import_record(lead_id, v),
-            None => {
-                self.forget_lead(lead_id);
+        match parse_key(key)? {
+            Key::Lead(lead_id) => match value {
+                Some(v) => self.import_record(lead_id, v),
+                None => {
+                    self.forget_lead(lead_id);
+                    Ok(())
+                }
+            },
+            Key::Bucket { .. } => {
+                // Applied once every record is read (`finish_restore`): a lead's record names
+                // which buckets hold its ids, and the log may hold either first.
+                self.restore_buckets.insert(key.into(), value.map(Into::into));
                 Ok(())
             }
         }
+    }
+
+    /// Ends a restore: gives each lead the ids of the buckets its record names (ids the window
+    /// no longer covers are dropped). Returns the bucket records that could not be read (each
+    /// skipped).
+    pub fn finish_restore(&mut self) -> Vec<ChangelogError> {
+        let mut damaged = Vec::new();
+        let mut ids = Vec::new();
+        for (key, value) in std::mem::take(&mut self.restore_buckets) {
+            let Some(value) = value else { continue };
+            let Ok(Key::Bucket { lead, bits, .. }) = parse_key(&key) else { continue };
+            let Some(slot) = self.store.find(lead).filter(|s| self.id_buckets.get(s).is_some_and(|b| b.bits == bits))
+            else {
+                continue; // a lead gone since, or a bucket of an older layout
+            };
+            ids.clear();
+            if let Err(e) = visit_bucket(&value, |h, c| ids.push((h, c))) {
+                damaged.push(e);
+                continue;
+            }
+            let oldest = self.store.cores[slot as usize].tau.saturating_sub(self.model.dedup_window_ms);
+            for &(h, c) in ids.iter().filter(|&&(_, c)| c >= oldest) {
+                self.store.ids_remember(slot, h, c, oldest);
+            }
+        }
+        damaged
     }
 
     /// Starts loading the lead index entry a restore of this key will look at (see
@@ -252,6 +318,7 @@ impl Engine {
     /// Removes a lead from state (a tombstone read during a restore).
     fn forget_lead(&mut self, lead_id: &str) {
         if let Some(slot) = self.store.find(lead_id) {
+            self.id_buckets.remove(&slot);
             if let Some(a) = self.attrs.get_mut(slot as usize) {
                 *a = None;
             }
@@ -322,6 +389,12 @@ impl Engine {
         if !new {
             self.store.reset(slot, h.tau_ms);
         }
+        if h.id_bucket_bits > 0 {
+            // Its ids come from its buckets, at `finish_restore`.
+            self.id_buckets.insert(slot, IdBuckets::new(h.id_bucket_bits));
+        } else {
+            self.id_buckets.remove(&slot);
+        }
         {
             let core = &mut self.store.cores[slot as usize];
             core.last_at = h.last_transition_at_ms.unwrap_or(i64::MIN);
@@ -356,5 +429,66 @@ impl Engine {
         self.store.ids_build(slot, &ids);
         self.import_ids = ids;
         Ok(())
+    }
+}
+
+/// Id-bucket bits for a lead with `n` ids in the window whose buckets had `prev` bits: none
+/// while the ids fit in its record (with some slack before a lead goes back into its record),
+/// else about 128 ids per bucket, kept while buckets hold 32 to 512.
+fn choose_bucket_bits(n: usize, prev: u8) -> u8 {
+    if n <= INLINE_IDS && (prev == 0 || n <= INLINE_IDS / 2) {
+        return 0;
+    }
+    if prev > 0 {
+        let per_bucket = n >> prev;
+        if per_bucket <= 512 && (per_bucket >= 32 || prev == 1) {
+            return prev;
+        }
+    }
+    let buckets = n.div_ceil(128).next_power_of_two();
+    (buckets.trailing_zeros() as u8).clamp(1, MAX_BUCKET_BITS)
+}
+
+/// Tombstones for every bucket of a lead with `bits` bucket bits (none when 0).
+fn tombstone_buckets(lead_id: &str, bits: u8, key: &mut Vec<u8>, out: &mut impl FnMut(&[u8], Option<&[u8]>)) {
+    if bits == 0 {
+        return;
+    }
+    for index in 0..(1u32 << bits) {
+        bucket_key(lead_id, bits, index as u16, key);
+        out(key, None);
+    }
+}
+
+/// Writes the buckets `wanted` of a lead's ids (sorted by hash): a record for each that holds
+/// ids, and a tombstone for each that is empty if `delete_empty`.
+#[allow(clippy::too_many_arguments)]
+fn write_buckets(
+    lead_id: &str,
+    bits: u8,
+    ids: &[(u64, i64)],
+    wanted: impl Fn(u16) -> bool,
+    delete_empty: bool,
+    key: &mut Vec<u8>,
+    buf: &mut Vec<u8>,
+    out: &mut impl FnMut(&[u8], Option<&[u8]>),
+) {
+    let mut rest = ids;
+    for index in 0..(1u32 << bits) {
+        let index = index as u16;
+        let n = rest.iter().take_while(|&&(h, _)| bucket_of(h, bits) == index).count();
+        let (mine, after) = rest.split_at(n);
+        rest = after;
+        if !wanted(index) || (mine.is_empty() && !delete_empty) {
+            continue;
+        }
+        bucket_key(lead_id, bits, index, key);
+        if mine.is_empty() {
+            out(key, None);
+        } else {
+            buf.clear();
+            encode_bucket(mine, buf);
+            out(key, Some(buf));
+        }
     }
 }

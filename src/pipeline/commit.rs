@@ -513,9 +513,8 @@ impl Committer {
     fn send_changelog(&self) {
         let topic = self.cfg.kafka.state_topic.as_str();
         let mut n = 0u64;
-        self.shared.drain_changelog(|task, lead_id, value| {
-            let record =
-                BaseRecord::with_opaque_to(topic, self.before_send(None)).partition(task).key(lead_id.as_bytes());
+        self.shared.drain_changelog(|task, key, value| {
+            let record = BaseRecord::with_opaque_to(topic, self.before_send(None)).partition(task).key(key);
             match value {
                 Some(v) => self.send(record.payload(v)),
                 None => self.send::<[u8], [u8]>(record),

@@ -95,6 +95,11 @@ const CROSSING_TICK: Duration = Duration::from_millis(100);
 /// overlap cache misses, few enough that commits and crossings run on time under load.
 const BATCH: usize = 1024;
 
+/// A loop turn (past its wait for records) this long is logged, at most every
+/// [`SLOW_TURN_LOG_EVERY`].
+const SLOW_TURN: Duration = Duration::from_millis(100);
+const SLOW_TURN_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// Test hook: abort every Nth transaction (see the README's test section).
 const ABORT_EVERY_ENV: &str = "LEADSCORE_TEST_ABORT_EVERY";
 
@@ -384,6 +389,7 @@ impl Pipeline {
             "consuming"
         );
         let mut batch: Vec<BorrowedMessage<'_>> = Vec::with_capacity(BATCH);
+        let mut last_slow: Option<Instant> = None;
         while !shutdown.load(Ordering::Relaxed) {
             // A short first wait: shutdown, crossings and commits are noticed within it. Then
             // what is already fetched, without waiting, up to a batch.
@@ -409,10 +415,13 @@ impl Pipeline {
                 batch.clear();
                 debug!(stale, "rebalance while polling: batch dropped");
             }
+            let turn = Instant::now();
+            let records = batch.len();
             if !batch.is_empty() {
                 w.process_batch(&batch);
                 batch.clear();
             }
+            let processed = turn.elapsed();
             if let Some(e) = c.take_failure() {
                 return Err(e);
             }
@@ -424,19 +433,38 @@ impl Pipeline {
                 c.rewind(&consumer)?;
             }
             let now = Instant::now();
+            let mut crossings = Duration::ZERO;
             if now >= next_crossings {
                 // Decay-driven crossings follow the wall clock, whatever the commit interval.
                 w.fire_due_crossings();
                 w.local.flush();
                 next_crossings = now + CROSSING_TICK;
+                crossings = now.elapsed();
             }
+            let mut committing = Duration::ZERO;
             if now >= next_commit {
                 // Paced from the start of the commit, so the commit's own duration does not
                 // stretch the interval (and the time output waits to become visible).
                 next_commit = now + interval;
+                let started = Instant::now();
                 if c.commit_tick(&consumer)? == Committed::Aborted {
                     c.rewind(&consumer)?;
                 }
+                committing = started.elapsed();
+            }
+            // A turn of the loop that holds up the records behind it for long is worth a line
+            // (at most one per interval): it shows in transition latency.
+            let took = turn.elapsed();
+            if took >= SLOW_TURN && last_slow.is_none_or(|t: Instant| t.elapsed() >= SLOW_TURN_LOG_EVERY) {
+                last_slow = Some(Instant::now());
+                info!(
+                    ms = took.as_millis() as u64,
+                    records,
+                    processing_ms = processed.as_millis() as u64,
+                    crossings_ms = crossings.as_millis() as u64,
+                    commit_ms = committing.as_millis() as u64,
+                    "slow pipeline turn"
+                );
             }
         }
         info!("shutting down: flushing and committing");

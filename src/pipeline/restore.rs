@@ -286,5 +286,12 @@ fn restore_share(
             }
         }
     }
+    for engine in engines.values_mut() {
+        for e in engine.finish_restore() {
+            damaged += 1;
+            metrics.restore_errors.with_label_values(&[e.code()]).inc();
+            warn!(reason = e.code(), "state bucket record skipped");
+        }
+    }
     Ok((engines.into_iter().collect(), records, damaged))
 }

@@ -270,7 +270,7 @@ impl Shared {
     }
 
     /// Hands every task's changelog changes to `out` (task, lead id, record or tombstone).
-    pub(crate) fn drain_changelog(&self, mut out: impl FnMut(i32, &str, Option<&[u8]>)) {
+    pub(crate) fn drain_changelog(&self, mut out: impl FnMut(i32, &[u8], Option<&[u8]>)) {
         let engines: Vec<(i32, TaskEngine)> =
             lock(&self.partitions).engines.iter().map(|(&t, e)| (t, Arc::clone(e))).collect();
         for (task, engine) in engines {
