@@ -102,7 +102,11 @@ impl Lines {
                             self.skipping = false;
                             skipped += 1;
                         } else {
-                            ranges.push(self.start..self.start + i);
+                            // A CRLF line ends before its '\r': the record is what is before
+                            // the line break, and max_event_bytes counts the record.
+                            let end = self.start + i;
+                            let end = if i > 0 && self.buf[end - 1] == b'\r' { end - 1 } else { end };
+                            ranges.push(self.start..end);
                         }
                         self.start += i + 1;
                     }
@@ -318,5 +322,7 @@ mod tests {
         assert_eq!((out.concat(), skipped), (vec!["a".to_owned()], 1), "an over-long last line");
         assert_eq!(batches(b"", 5, 10), (vec![], 0));
         assert_eq!(batches(b"\n", 5, 10).0.concat(), [""]);
+        // CRLF line ends: the '\r' is not part of the record (nor of its size).
+        assert_eq!(batches(b"abc\r\n\r\nde\r\nlast", 5, 10).0.concat(), ["abc", "", "de", "last"]);
     }
 }

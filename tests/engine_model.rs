@@ -446,14 +446,33 @@ impl Naive {
             }
             TransitionKind::Qualified
         };
-        // steady + E·2^(-(x-τ)/h) = threshold  <=>  x = τ + h·log2(E / (threshold - steady)),
-        // "rounded up to the whole millisecond".
-        let x = (s.tau as f64 + m.half_life_ms as f64 * (e / (threshold(m, kind) - steady)).log2()).ceil();
-        if !x.is_finite() || x > MAX_TIMESTAMP_MS as f64 {
+        // "sinks until score = disqualify_below" / "wears off until score = qualify_at", "rounded
+        // up to the whole millisecond": the first whole millisecond at which the score, as
+        // evaluated, has reached the threshold; "one lead's transitions never go back in time",
+        // so not before the last check. Found by bisection over every millisecond (the score is
+        // monotonic in t), independently of the engine's closed form.
+        let th = threshold(m, kind);
+        let reached = |t: i64| {
+            let v = s.score(m, t);
+            if kind == TransitionKind::Disqualified {
+                v <= th
+            } else {
+                v >= th
+            }
+        };
+        let (mut lo, mut hi) = (lead.check_time(s.tau), MAX_TIMESTAMP_MS);
+        if !reached(hi) {
             return None;
         }
-        // "one lead's transitions never go back in time".
-        Some(((x as i64).max(lead.check_time(s.tau)), kind))
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if reached(mid) {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        Some((lo, kind))
     }
 
     /// Fires, one at a time, the earliest thing due at or before `clock`, until none is left.

@@ -1472,3 +1472,56 @@ points = 1.0
     error_lines.dedup();
     assert_eq!(error_lines, [5, 7, 13, 16, 18], "check output:\n{stdout}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// A decay-driven crossing within rounding of a whole millisecond.
+
+#[test]
+fn a_decay_driven_crossing_is_at_the_first_millisecond_the_score_has_reached_the_threshold() {
+    // Found by an independent model of the spec: with τ near today's epoch milliseconds,
+    // `ceil(τ + h·log2(E / (threshold - steady)))` rounds τ + x at the scale of τ and gives
+    // .786, where the score is still above 45; the next event at .786 would qualify the lead
+    // again at the same `at`. The crossing is .787: the first millisecond at which the score
+    // has sunk to the threshold.
+    let model_src = r#"
+name = "golden"
+version = "v1"
+[score]
+qualify_at = 45.0
+half_life = "1s"
+[[rule]]
+id = "fx"
+event = "go"
+points = 7.5
+decays = false
+[[rule]]
+id = "eng"
+event = "go"
+points = 42.01459875773209
+"#;
+    let (tau, e) = (1_701_394_443_622i64, 42.01459875773209);
+    let score = |t: i64| 7.5 + e * decay(t - tau, 1000);
+    assert!(score(tau + 164) > 45.0 && score(tau + 165) < 45.0, "the crossing is between .786 and .787");
+    assert_eq!(crossing(tau, 1000, 7.5, e, 45.0), tau + 164, "the closed form in f64 is a millisecond early");
+    let events = [
+        r#"{"lead_id":"L","type":"go","timestamp":1701394443622}"#,
+        r#"{"lead_id":"L","type":"noop","timestamp":1701394443786,"event_id":"n1"}"#,
+    ];
+    let r = run(model_src, &events, Some(tau + 10_000));
+    assert_transitions(
+        &r,
+        &[
+            tr(Q, "L", 1, "2023-12-01T01:34:03.622Z", 7.5 + e, 45.0, trig(None, "go"), bd(0.0, 7.5, e, json!({}), &[])),
+            tr(
+                DQ,
+                "L",
+                2,
+                "2023-12-01T01:34:03.787Z",
+                45.0,
+                45.0,
+                Value::Null,
+                bd(0.0, 7.5, e * decay(165, 1000), json!({}), &[]),
+            ),
+        ],
+    );
+}

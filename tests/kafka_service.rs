@@ -281,6 +281,43 @@ fn decay_driven_disqualification(commit_interval_ms: u64) {
     run.shutdown();
 }
 
+/// A crossing that is already due when the event that sets it up is applied (a catch-up of old
+/// records) fires right after that event, before the next record of the same poll batch is
+/// checked: spec section 4, "right after the event that set it up if that time has already
+/// passed". Both records are on the topic before the service starts, so they arrive together.
+/// (A regression test: the next record's check once pre-empted the crossing, disqualifying at its
+/// own time with itself as the trigger.)
+#[test]
+fn a_crossing_already_due_fires_before_the_next_record_of_the_batch() {
+    let input = unique("in-old");
+    create_topics(&[(input.as_str(), 1)]);
+    let tau = now_ms() - 60_000;
+    let hit = format!(r#"{{"lead_id":"old-lead","type":"hit","timestamp":{tau},"event_id":"e-1"}}"#);
+    let later = tau + 30_000;
+    let other = format!(r#"{{"lead_id":"old-lead","type":"page_view","timestamp":{later},"event_id":"e-2"}}"#);
+    produce(&input, &[Rec::new(Some("old-lead"), hit), Rec::new(Some("old-lead"), other)]);
+    let topic = input.clone();
+    let mut run = start_service(ServiceSpec {
+        model_toml: DECAY_MODEL,
+        input_partitions: 0,
+        tweak: &move |c| c.kafka.input_topics = vec![topic.clone()],
+    });
+    run.input = input;
+    run.wait_ready(1, Duration::from_secs(30));
+    let mut out = Reader::new(&run.output);
+    assert!(out.poll_until(Duration::from_secs(20), |r| r.len() >= 2), "fewer than two transitions");
+    assert_eq!(out.drain_for(Duration::from_millis(500)), 0, "more than two transitions");
+    let q = out.records[0].json();
+    assert_eq!(q["type"], "lead_qualified");
+    assert_eq!(q["at"], format_rfc3339_ms(tau).as_str());
+    let d = out.records[1].json();
+    assert_eq!(d["type"], "lead_disqualified");
+    assert_eq!(d["at"], format_rfc3339_ms(tau + 4000).as_str(), "the crossing, not the next record's time");
+    assert!(d["trigger"].is_null(), "{d}");
+    assert_eq!(d["score"].as_f64(), Some(5.0));
+    run.shutdown();
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. Dead letters
 

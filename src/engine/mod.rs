@@ -114,7 +114,8 @@ pub struct LeadView {
 pub struct Totals {
     pub leads: usize,
     pub qualified: usize,
-    /// Sum of `score(now)`, compensated (Neumaier) so it does not depend on the lead count.
+    /// Sum of `score(now)`, exactly rounded ([`ExactSum`]): it depends neither on the order of
+    /// the leads nor on their count.
     pub score_sum: f64,
 }
 
@@ -126,6 +127,65 @@ impl Totals {
         } else {
             self.score_sum / self.leads as f64
         }
+    }
+}
+
+/// An exactly rounded sum of `f64` values (Shewchuk's algorithm, as Python's `math.fsum`): the
+/// result is the exact sum rounded once, so it does not depend on the order of the values. The
+/// average lead score is `sum / leads` (Python's `statistics.fmean`), so two implementations
+/// that agree on every lead's score agree on the average to the last digit, whatever order
+/// they keep their leads in. The values must be finite (scores are).
+#[derive(Debug, Clone, Default)]
+pub struct ExactSum {
+    /// Non-overlapping partial sums, increasing in magnitude; their exact sum is the total.
+    partials: Vec<f64>,
+}
+
+impl ExactSum {
+    pub fn add(&mut self, mut x: f64) {
+        let mut i = 0;
+        for j in 0..self.partials.len() {
+            let mut y = self.partials[j];
+            if x.abs() < y.abs() {
+                std::mem::swap(&mut x, &mut y);
+            }
+            let hi = x + y;
+            let lo = y - (hi - x);
+            if lo != 0.0 {
+                self.partials[i] = lo;
+                i += 1;
+            }
+            x = hi;
+        }
+        self.partials.truncate(i);
+        self.partials.push(x);
+    }
+
+    /// The exact sum, rounded to the nearest `f64` (ties to even), as CPython's `fsum` rounds it.
+    pub fn value(&self) -> f64 {
+        let p = &self.partials;
+        let Some((&top, rest)) = p.split_last() else { return 0.0 };
+        let (mut hi, mut lo) = (top, 0.0);
+        let mut n = rest.len();
+        while n > 0 {
+            let x = hi;
+            n -= 1;
+            let y = p[n];
+            hi = x + y;
+            lo = y - (hi - x);
+            if lo != 0.0 {
+                break;
+            }
+        }
+        // Half-way cases: the partials below decide the direction of the rounding.
+        if n > 0 && ((lo < 0.0 && p[n - 1] < 0.0) || (lo > 0.0 && p[n - 1] > 0.0)) {
+            let y = lo * 2.0;
+            let x = hi + y;
+            if y == x - hi {
+                hi = x;
+            }
+        }
+        hi
     }
 }
 
@@ -157,6 +217,10 @@ impl Attr {
         }
     }
 }
+
+/// How far [`Engine::crossing_due_of`] looks past the formula's millisecond for the first one at
+/// which the evaluated score has reached the threshold.
+const CROSSING_SEARCH_MS: usize = 8;
 
 /// `decay(dt) = 2^(-dt/h)`, computed as C's `pow(2, -dt/h)` (what Python's `2 ** x` calls).
 /// The base goes through `black_box` so LLVM does not rewrite `pow(2, x)` into `exp2(x)`, whose
@@ -914,11 +978,45 @@ impl Engine {
             }
             self.model.qualify_at
         };
-        let t = (core.tau as f64 + self.half_life * (e / (threshold - steady)).log2()).ceil();
-        if !t.is_finite() || t > MAX_TIMESTAMP_MS as f64 {
+        // The offset from τ first, then τ added as an integer: τ + x in f64 rounds at the scale
+        // of τ (2.4e-4 ms near today's epoch milliseconds), which can put the sum on the wrong
+        // side of a whole millisecond.
+        let dt = (self.half_life * (e / (threshold - steady)).log2()).ceil();
+        if !dt.is_finite() || dt > (MAX_TIMESTAMP_MS - core.tau) as f64 {
             return i64::MAX;
         }
-        (t as i64).max(core.tau.max(core.last_at))
+        let (tau, lo) = (core.tau, core.tau.max(core.last_at));
+        let candidate = (tau + dt as i64).max(lo);
+        // The formula is exact in real numbers; the score is evaluated in f64. The crossing is
+        // the first whole millisecond at which the score *as evaluated* has reached the
+        // threshold (`<=` sinking, `>=` rising), so that a check at that millisecond agrees with
+        // it: the formula can be a millisecond off where the true crossing is within rounding of
+        // a whole millisecond. The score is monotonic in t, so the answer is next to the formula.
+        let qualified = core.qualified();
+        let reached = |t: i64| {
+            let s = self.score_from(steady, e, tau, t);
+            if qualified {
+                s <= threshold
+            } else {
+                s >= threshold
+            }
+        };
+        let mut t = candidate;
+        for _ in 0..CROSSING_SEARCH_MS {
+            if reached(t) {
+                for _ in 0..CROSSING_SEARCH_MS {
+                    if t > lo && reached(t - 1) {
+                        t -= 1;
+                    } else {
+                        break;
+                    }
+                }
+                return t;
+            }
+            t += 1;
+        }
+        // Scores that move less than an ulp per millisecond (absurd half-lives): the formula.
+        candidate
     }
 
     fn crossing_due(&self, slot: u32) -> i64 {
@@ -1059,23 +1157,16 @@ impl Engine {
 
     /// [`Engine::totals`], also handing every lead's current score to `each` (for distributions).
     pub fn totals_with(&self, now: i64, mut each: impl FnMut(f64)) -> Totals {
-        let (mut sum, mut comp) = (0.0f64, 0.0f64);
+        let mut sum = ExactSum::default();
         let (mut leads, mut qualified) = (0usize, 0usize);
         for slot in self.tracked_slots() {
             let s = self.score_at(slot, now);
             each(s);
             leads += 1;
             qualified += usize::from(self.store.cores[slot as usize].qualified());
-            // Neumaier summation: the sum of millions of scores keeps its last digits.
-            let t = sum + s;
-            if sum.abs() >= s.abs() {
-                comp += (sum - t) + s;
-            } else {
-                comp += (s - t) + sum;
-            }
-            sum = t;
+            sum.add(s);
         }
-        Totals { leads, qualified, score_sum: sum + comp }
+        Totals { leads, qualified, score_sum: sum.value() }
     }
 
     /// Remembered event ids of tracked leads, expired ones not yet dropped included (for memory
@@ -1125,5 +1216,28 @@ mod tests {
         assert_eq!(e.apply_in_event_time(&ev("busy", 499_900, "e4990"), &mut out), Applied::Duplicate);
         assert_eq!(e.apply_in_event_time(&ev("busy", 499_900, "e10"), &mut out), Applied::Accepted);
         assert_eq!(e.apply_in_event_time(&ev("quiet", 0, "q"), &mut out), Applied::Duplicate);
+    }
+
+    #[test]
+    fn exact_sum_is_python_fsum_and_independent_of_order() {
+        let sum = |xs: &[f64]| {
+            let mut s = ExactSum::default();
+            xs.iter().for_each(|&x| s.add(x));
+            s.value()
+        };
+        // Expected values from CPython's math.fsum.
+        assert_eq!(sum(&[]), 0.0);
+        assert_eq!(sum(&[0.1; 10]), 1.0);
+        assert_eq!(sum(&[1e100, 1.0, -1e100, 1e-100, 1e50, -1.0, -1e50]), 1e-100);
+        assert_eq!(sum(&[1.0, 1e-16, 1e-16]), 1.0000000000000002);
+        assert_eq!(sum(&[2f64.powi(53), 1.0, 2f64.powi(-60)]), 9007199254740994.0);
+        // A tie broken by a partial below it (the half-way correction).
+        assert_eq!(sum(&[1.0, 2f64.powi(-53), 2f64.powi(-106)]), 1.0000000000000002);
+        let mut xs: Vec<f64> = (0..1000u64).map(|i| ((i * 7919 % 1000) as f64 - 499.5) * 0.1234567).collect();
+        let forward = sum(&xs);
+        xs.reverse();
+        assert_eq!(sum(&xs), forward);
+        xs.sort_by(f64::total_cmp);
+        assert_eq!(sum(&xs), forward);
     }
 }

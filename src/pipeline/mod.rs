@@ -552,6 +552,13 @@ impl Worker {
                         accepted += 1;
                         let i = self.metrics.type_index(&p.event.event_type);
                         self.local.events[i].inc();
+                        // A crossing this event set up that is already due (old records in a
+                        // catch-up) fires right after it, before the next record's check can
+                        // pre-empt it (spec section 4). A heap peek when nothing is due.
+                        e.advance(now, &mut |t| {
+                            let at = t.at_ms;
+                            transitions.push((t, at));
+                        });
                     }
                     Applied::Duplicate => {
                         rejected += 1;

@@ -214,12 +214,30 @@ final class Engine {
             if (!(e < 0.0 && steady > m.qualifyAt)) return Long.MAX_VALUE;
             threshold = m.qualifyAt;
         }
-        // leadscore: ceil(τ + h·log2(E / (threshold - steady))) with libm's log2. Java has no
-        // log2; log(x)/ln 2 can differ from it in the last bit, which moves the rounded-up
-        // millisecond only if the sum lands within an ulp of an integer (see README).
-        double t = Math.ceil((double) s.tau + m.halfLifeMs * log2(e / (threshold - steady)));
-        if (Double.isNaN(t) || Double.isInfinite(t) || t > Time.MAX_MS) return Long.MAX_VALUE;
-        return Math.max((long) t, Math.max(s.tau, s.lastAt));
+        // As leadscore: the offset ceil(h·log2(E / (threshold - steady))) first, τ added as an
+        // integer; then the first whole millisecond near it at which the score as evaluated
+        // (glibc's pow) has reached the threshold (<= sinking, >= rising). Java has no log2;
+        // log(x)/ln 2 can differ from libm's in the last bit, which the search below absorbs.
+        double dt = Math.ceil(m.halfLifeMs * log2(e / (threshold - steady)));
+        if (Double.isNaN(dt) || Double.isInfinite(dt) || dt > (double) (Time.MAX_MS - s.tau)) return Long.MAX_VALUE;
+        long lo = Math.max(s.tau, s.lastAt);
+        long candidate = Math.max(s.tau + (long) dt, lo);
+        long t = candidate;
+        for (int i = 0; i < CROSSING_SEARCH_MS; i++) {
+            if (reached(s, t, threshold)) {
+                for (int j = 0; j < CROSSING_SEARCH_MS && t > lo && reached(s, t - 1, threshold); j++) t--;
+                return t;
+            }
+            t++;
+        }
+        return candidate;
+    }
+
+    private static final int CROSSING_SEARCH_MS = 8;
+
+    private boolean reached(LeadState s, long t, double threshold) {
+        double v = scoreAt(s, t);
+        return s.qualified ? v <= threshold : v >= threshold;
     }
 
     private static double log2(double x) {
