@@ -52,7 +52,7 @@
 /// Current version of the record format.
 pub const VERSION: u8 = 1;
 
-/// Most ids a lead's record holds itself; more go to bucket records.
+/// Most ids a lead's record holds itself (1 KiB of them); more go to bucket records.
 pub const INLINE_IDS: usize = 64;
 
 /// Most bucket bits: 65,536 buckets of a lead.

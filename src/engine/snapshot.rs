@@ -84,11 +84,34 @@ impl Engine {
                 continue;
             }
             let oldest = self.store.cores[slot as usize].tau.saturating_sub(self.model.dedup_window_ms);
+            // A lead whose ids are in buckets, with the same layout: only the buckets that
+            // changed are written, so only their ids are collected (from their range of the
+            // lead's table) and sorted; a busy lead holds tens of thousands, and walking them all
+            // at every commit was most of a commit's time at 50k events/s. The layout decision
+            // uses the table's count (expired ids not yet dropped included).
             ids.clear();
-            ids.extend(self.store.ids_entries(slot).filter(|e| e[1] >= oldest).map(|e| (e[0] as u64, e[1])));
+            let mut bits = prev;
+            let partial = self.id_buckets.get(&slot).filter(|b| !b.all);
+            let same_layout = partial.is_some() && choose_bucket_bits(self.store.ids_stored(slot), prev) == prev;
+            if let (Some(b), true) = (partial, same_layout) {
+                for (w, &word) in b.dirty.iter().enumerate() {
+                    let mut word = word;
+                    while word != 0 {
+                        let bucket = (w * 64 + word.trailing_zeros() as usize) as u16;
+                        word &= word - 1;
+                        self.store.ids_entries_of_bucket(slot, prev, bucket, |e| {
+                            if e[1] >= oldest {
+                                ids.push((e[0] as u64, e[1]));
+                            }
+                        });
+                    }
+                }
+            } else {
+                ids.extend(self.store.ids_entries(slot).filter(|e| e[1] >= oldest).map(|e| (e[0] as u64, e[1])));
+                bits = choose_bucket_bits(ids.len(), prev);
+            }
             // Sorted by hash, which is by bucket too (buckets are the top bits).
             ids.sort_unstable();
-            let bits = choose_bucket_bits(ids.len(), prev);
             buf.clear();
             self.encode_slot(slot, &mut buf, if bits == 0 { &ids } else { &[] }, bits);
             let id = self.store.id(slot);
@@ -434,20 +457,27 @@ impl Engine {
 
 /// Id-bucket bits for a lead with `n` ids in the window whose buckets had `prev` bits: none
 /// while the ids fit in its record (with some slack before a lead goes back into its record),
-/// else about 128 ids per bucket, kept while buckets hold 32 to 512.
+/// else about [`BUCKET_IDS`] ids per bucket, kept while buckets hold a quarter to four times
+/// that. Few, fairly large buckets: each dirty bucket is one more record per commit, and a
+/// record costs the producer and the broker more than a few kilobytes of ids (measured by
+/// `bench/run`'s latency stage, where most of 10,000 leads hold hundreds of ids: 128-id buckets
+/// wrote 50% more changelog records than the lead count changed).
 fn choose_bucket_bits(n: usize, prev: u8) -> u8 {
     if n <= INLINE_IDS && (prev == 0 || n <= INLINE_IDS / 2) {
         return 0;
     }
     if prev > 0 {
         let per_bucket = n >> prev;
-        if per_bucket <= 512 && (per_bucket >= 32 || prev == 1) {
+        if per_bucket <= 4 * BUCKET_IDS && (per_bucket >= BUCKET_IDS / 4 || prev == 1) {
             return prev;
         }
     }
-    let buckets = n.div_ceil(128).next_power_of_two();
+    let buckets = n.div_ceil(BUCKET_IDS).next_power_of_two();
     (buckets.trailing_zeros() as u8).clamp(1, MAX_BUCKET_BITS)
 }
+
+/// Ids per bucket record a new bucket layout aims at (16 bytes each: 4 KiB).
+const BUCKET_IDS: usize = 256;
 
 /// Tombstones for every bucket of a lead with `bits` bucket bits (none when 0).
 fn tombstone_buckets(lead_id: &str, bits: u8, key: &mut Vec<u8>, out: &mut impl FnMut(&[u8], Option<&[u8]>)) {
