@@ -58,6 +58,7 @@ fn record(i: u64) -> LeadRecord {
             ("country".into(), None),
         ]),
         event_ids: vec![(i.wrapping_mul(0x9e37_79b9_7f4a_7c15), t - 5000), (i ^ 0xdead_beef, t)],
+        id_segments: (0, 0),
         id_bucket_bits: 0,
     }
 }

@@ -8,10 +8,10 @@
 //! group or limited rule that no longer exists is dropped, new ones start empty, and fit points
 //! are recomputed from the stored attributes under the current model.
 //!
-//! Version 1:
+//! Version 2 (written now):
 //!
 //! ```text
-//! u8   version (1)
+//! u8   version (2)
 //! i64  tau_ms                       the lead's clock
 //! i64  last_transition_at_ms        i64::MIN: none yet
 //! u32  transitions                  the `n` of the last transition id
@@ -23,39 +23,56 @@
 //! u16  attributes (if flag 8), each: str name, u8 tag (0 absent, 1 string, 2 number, 3 bool,
 //!      4 array or object), then u32 length + UTF-8 bytes | f64 | u8
 //! u32  event ids, each: u64 hash, i64 clock (the lead's clock after that event)
-//! u8   id bucket bits               0: every remembered id is above; b > 0: they are in 2^b
-//!                                   bucket records instead (and none is above). Absent in
-//!                                   records of the first release (read as 0)
+//! u32  first segment, u32 next segment: the lead's other remembered ids are in its segment
+//!      records with sequence numbers first..next (none when equal)
 //! ```
+//!
+//! Version 1 (the first releases) is the same up to the event ids, which are followed by a u8 of
+//! id-bucket bits `b` (absent in the very first release: 0): when `b > 0`, the lead's ids are
+//! in `2^b` bucket records instead, by the top `b` bits of the id hash, under the key `lead id,
+//! 0xFF, b, bucket (u16 big-endian)`. They are still read; the lead's next record replaces them
+//! (the buckets are deleted).
 //!
 //! `str` is a u16 length and UTF-8 bytes. Event ids are stored as the engine's 64-bit hash of
 //! the id (see `engine::event_id_hash`; a test pins its values, so a dependency upgrade cannot
 //! silently change it and forget every remembered id).
 //!
-//! **Bucket records.** A busy lead remembers thousands of event ids in a day's dedup window (a
-//! bot, a lead in a campaign). Written inside its record, they would make the record grow
-//! without bound, past the broker's `max.message.bytes` (which stops the pipeline), and be
-//! rewritten whole every commit. So a lead with more than [`INLINE_IDS`] ids keeps them in
-//! `2^b` bucket records instead, by the top `b` bits of the id hash, each under the key
-//! `lead id, 0xFF, b, bucket (u16 big-endian)` (0xFF never occurs in UTF-8, so the key cannot be
-//! a lead id), in the same partition as the lead. Only the buckets that received ids are
-//! written at a commit, so a busy lead costs a few small records per commit, not all its ids;
-//! when `b` changes, the buckets of the old `b` are deleted (tombstones) and all new ones
-//! written. A reader takes a lead's ids from the buckets whose `b` its record names, so stale
-//! buckets of another `b` never count. Bucket value:
+//! **Segment records.** A lead remembers every event id of the dedup window (a day by default):
+//! hundreds for an engaged lead, tens of thousands for a bot. Written inside its record they
+//! would be rewritten whole at every commit that changes the lead (at 50k events/s over 10k
+//! leads, that was four times the input's bytes), and a busy lead's record would grow past the
+//! broker's `max.message.bytes`. So a lead's record holds at most [`INLINE_IDS`] ids while it has
+//! no segments; once it has more, they are *sealed* into a segment record, written once, under
+//! the key `lead id, 0xFF, 0x00, sequence number (u32 big-endian)` (0xFF never occurs in UTF-8,
+//! so the key cannot be a lead id; same partition as the lead), and from then on the record
+//! holds only the ids remembered since the last seal, sealed again once there are
+//! [`SEGMENT_IDS`] of them. So each id is written in a record at most [`SEGMENT_IDS`] times and
+//! in one segment once. Segments are sealed in clock order; a segment is deleted (a tombstone)
+//! once its newest id has left the dedup window, and all of them when the lead is forgotten.
+//! A reader takes a lead's ids from the segments its record names, so leftovers of an earlier
+//! life of the lead never count. A segment's (and a version 1 bucket's) value:
 //!
 //! ```text
 //! u8   version (1)
 //! u32  event ids, each: u64 hash, i64 clock
 //! ```
 
-/// Current version of the record format.
-pub const VERSION: u8 = 1;
+/// Current version of the lead record format.
+pub const VERSION: u8 = 2;
 
-/// Most ids a lead's record holds itself (1 KiB of them); more go to bucket records.
-pub const INLINE_IDS: usize = 64;
+/// Version of the id lists of segment (and bucket) records.
+pub const ID_LIST_VERSION: u8 = 1;
 
-/// Most bucket bits: 65,536 buckets of a lead.
+/// Most ids a lead's record holds while the lead has no segments; more are sealed into one.
+pub const INLINE_IDS: usize = 16;
+
+/// Ids remembered since the last seal at which a lead's commit seals them into a segment.
+pub const SEGMENT_IDS: usize = 16;
+
+/// Most ids in one segment record (64 KiB of them): more sealed at once go into several.
+pub const SEGMENT_MAX_IDS: usize = 4096;
+
+/// Most bucket bits of a version 1 record: 65,536 buckets of a lead.
 pub const MAX_BUCKET_BITS: u8 = 16;
 
 /// What a state-topic key names.
@@ -63,7 +80,9 @@ pub const MAX_BUCKET_BITS: u8 = 16;
 pub enum Key<'a> {
     /// A lead's record.
     Lead(&'a str),
-    /// One of a lead's `2^bits` event-id buckets.
+    /// One of a lead's segments of sealed event ids.
+    Segment { lead: &'a str, seq: u32 },
+    /// One of a lead's `2^bits` event-id buckets (version 1).
     Bucket { lead: &'a str, bits: u8, index: u16 },
 }
 
@@ -78,6 +97,7 @@ pub fn parse_key(key: &[u8]) -> Result<Key<'_>, ChangelogError> {
     match key.iter().position(|&b| b == 0xFF) {
         None => Ok(Key::Lead(lead_of(key)?)),
         Some(i) => match key[i + 1..] {
+            [0, a, b, c, d] => Ok(Key::Segment { lead: lead_of(&key[..i])?, seq: u32::from_be_bytes([a, b, c, d]) }),
             [bits, hi, lo] if (1..=MAX_BUCKET_BITS).contains(&bits) => {
                 let index = u16::from_be_bytes([hi, lo]);
                 if u32::from(index) >= 1u32 << bits {
@@ -90,7 +110,16 @@ pub fn parse_key(key: &[u8]) -> Result<Key<'_>, ChangelogError> {
     }
 }
 
-/// Writes the key of a lead's bucket.
+/// Writes the key of a lead's segment.
+pub fn segment_key(lead_id: &str, seq: u32, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(lead_id.as_bytes());
+    out.push(0xFF);
+    out.push(0);
+    out.extend_from_slice(&seq.to_be_bytes());
+}
+
+/// Writes the key of a lead's bucket (version 1).
 pub fn bucket_key(lead_id: &str, bits: u8, index: u16, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(lead_id.as_bytes());
@@ -104,9 +133,9 @@ pub fn bucket_of(id_hash: u64, bits: u8) -> u16 {
     (id_hash >> (64 - u32::from(bits))) as u16
 }
 
-/// Appends a bucket record holding `ids`.
-pub fn encode_bucket(ids: &[(u64, i64)], out: &mut Vec<u8>) {
-    out.push(VERSION);
+/// Appends a segment (or bucket) record holding `ids`.
+pub fn encode_ids(ids: &[(u64, i64)], out: &mut Vec<u8>) {
+    out.push(ID_LIST_VERSION);
     out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
     for (hash, clock) in ids {
         out.extend_from_slice(&hash.to_le_bytes());
@@ -114,11 +143,12 @@ pub fn encode_bucket(ids: &[(u64, i64)], out: &mut Vec<u8>) {
     }
 }
 
-/// Reads a bucket record, handing each id to `id`. On an error, `id` may have seen some.
-pub fn visit_bucket(value: &[u8], mut id: impl FnMut(u64, i64)) -> Result<(), ChangelogError> {
+/// Reads a segment (or bucket) record, handing each id to `id`. On an error, `id` may have
+/// seen some.
+pub fn visit_ids(value: &[u8], mut id: impl FnMut(u64, i64)) -> Result<(), ChangelogError> {
     let mut c = Cursor(value);
     let version = c.u8()?;
-    if version != VERSION {
+    if version != ID_LIST_VERSION {
         return Err(ChangelogError::UnknownVersion(version));
     }
     let n = c.u32()? as usize;
@@ -133,9 +163,10 @@ pub fn visit_bucket(value: &[u8], mut id: impl FnMut(u64, i64)) -> Result<(), Ch
 
 /// Every lead's state from state-topic records read in log order (what a reader of the topic,
 /// compacted or not, rebuilds): the last record of each key wins, tombstones delete, and a lead
-/// whose record names bucket records gets the ids of those buckets. Ids older than
-/// `dedup_window_ms` before the lead's clock are dropped (they can make no duplicate); ids are
-/// sorted. For tools and tests; a restore does the same inside the engine.
+/// whose record names segment (or bucket) records gets the ids of those. Ids older than
+/// `dedup_window_ms` before the lead's clock are dropped (they can make no duplicate); an id
+/// listed twice keeps its newest clock; ids are sorted. For tools and tests; a restore does the
+/// same inside the engine.
 pub fn assemble<'a>(
     records: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
     dedup_window_ms: i64,
@@ -151,17 +182,28 @@ pub fn assemble<'a>(
         }
     }
     for (&k, v) in &latest {
-        if let (Key::Bucket { lead, bits, .. }, Some(v)) = (parse_key(k)?, v) {
-            if let Some(r) = leads.get_mut(lead).filter(|r| r.id_bucket_bits == bits) {
-                visit_bucket(v, |h, c| r.event_ids.push((h, c)))?;
+        let Some(v) = v else { continue };
+        let r = match parse_key(k)? {
+            Key::Lead(_) => None,
+            Key::Segment { lead, seq } => {
+                leads.get_mut(lead).filter(|r| (r.id_segments.0..r.id_segments.1).contains(&seq))
             }
+            Key::Bucket { lead, bits, .. } => leads.get_mut(lead).filter(|r| r.id_bucket_bits == bits),
+        };
+        if let Some(r) = r {
+            visit_ids(v, |h, c| r.event_ids.push((h, c)))?;
         }
     }
     for r in leads.values_mut() {
         let oldest = r.tau_ms.saturating_sub(dedup_window_ms);
         r.event_ids.retain(|&(_, c)| c >= oldest);
+        // By hash, the newest clock last: the newest of each hash is kept.
         r.event_ids.sort_unstable();
+        r.event_ids.reverse();
+        r.event_ids.dedup_by_key(|e| e.0);
+        r.event_ids.reverse();
         r.id_bucket_bits = 0;
+        r.id_segments = (0, 0);
     }
     Ok(leads)
 }
@@ -202,11 +244,13 @@ pub struct LeadRecord {
     /// Profile attributes read by fit rules (`None`: no `profile_update` merged yet); a `None`
     /// value is an attribute known to be absent.
     pub attributes: Option<Vec<(String, Option<AttrValue>)>>,
-    /// Remembered event ids: hash and the lead's clock after that event, sorted, only those
-    /// still inside the dedup window.
+    /// Remembered event ids in the record: hash and the lead's clock after that event.
     pub event_ids: Vec<(u64, i64)>,
-    /// 0: `event_ids` are all the lead's ids; `b > 0`: they are in the lead's `2^b` bucket
-    /// records, not here ([`assemble`] merges them).
+    /// `(first, next)`: the lead's other remembered ids are in its segment records `first..next`
+    /// ([`assemble`] merges them); `(0, 0)`: none.
+    pub id_segments: (u32, u32),
+    /// Version 1 only (0 in what is written now): `b > 0`: the lead's ids are in its `2^b`
+    /// bucket records.
     pub id_bucket_bits: u8,
 }
 
@@ -225,6 +269,8 @@ pub enum ChangelogError {
     BadTag(u8),
     #[error("state record key is not a valid lead id")]
     BadKey,
+    #[error("state record names segments first..next with first > next")]
+    BadSegments,
 }
 
 impl ChangelogError {
@@ -237,6 +283,7 @@ impl ChangelogError {
             ChangelogError::InvalidUtf8 => "invalid_utf8",
             ChangelogError::BadTag(_) => "bad_tag",
             ChangelogError::BadKey => "bad_key",
+            ChangelogError::BadSegments => "bad_segments",
         }
     }
 }
@@ -253,7 +300,7 @@ pub(crate) fn count16(n: usize) -> [u8; 2] {
     u16::try_from(n).expect("at most 64 columns or attributes").to_le_bytes()
 }
 
-/// Appends the encoding of `r` to `out`.
+/// Appends the encoding of `r` to `out` (version 2; `r.id_bucket_bits` must be 0).
 pub fn encode_record(r: &LeadRecord, out: &mut Vec<u8>) {
     out.push(VERSION);
     out.extend_from_slice(&r.tau_ms.to_le_bytes());
@@ -315,7 +362,9 @@ pub fn encode_record(r: &LeadRecord, out: &mut Vec<u8>) {
         out.extend_from_slice(&hash.to_le_bytes());
         out.extend_from_slice(&clock.to_le_bytes());
     }
-    out.push(r.id_bucket_bits);
+    debug_assert_eq!(r.id_bucket_bits, 0, "version 2 has no buckets");
+    out.extend_from_slice(&r.id_segments.0.to_le_bytes());
+    out.extend_from_slice(&r.id_segments.1.to_le_bytes());
 }
 
 /// A bounds-checked reader over a record.
@@ -381,7 +430,9 @@ pub struct Header {
     pub fixed: Option<f64>,
     /// Whether the record carries attributes (a `profile_update` was merged).
     pub has_attributes: bool,
-    /// The lead's ids are in `2^bits` bucket records (0: in this record).
+    /// The lead's other ids are in its segment records `first..next`.
+    pub id_segments: (u32, u32),
+    /// Version 1: the lead's ids are in `2^bits` bucket records (0: in this record).
     pub id_bucket_bits: u8,
 }
 
@@ -419,7 +470,7 @@ pub enum Part<'a> {
 pub fn visit_record<'a>(value: &'a [u8], mut part: impl FnMut(Part<'a>)) -> Result<Header, ChangelogError> {
     let mut c = Cursor(value);
     let version = c.u8()?;
-    if version != VERSION {
+    if version != 1 && version != VERSION {
         return Err(ChangelogError::UnknownVersion(version));
     }
     let tau_ms = c.i64()?;
@@ -455,10 +506,18 @@ pub fn visit_record<'a>(value: &'a [u8], mut part: impl FnMut(Part<'a>)) -> Resu
     for _ in 0..c.u32()? {
         part(Part::EventId(c.u64()?, c.i64()?));
     }
-    // Records written before buckets existed end here: all their ids are inline.
-    let id_bucket_bits = if c.0.is_empty() { 0 } else { c.u8()? };
-    if id_bucket_bits > MAX_BUCKET_BITS {
-        return Err(ChangelogError::BadTag(id_bucket_bits));
+    let (mut id_segments, mut id_bucket_bits) = ((0, 0), 0);
+    if version == 1 {
+        // Records written before buckets existed end here: all their ids are inline.
+        id_bucket_bits = if c.0.is_empty() { 0 } else { c.u8()? };
+        if id_bucket_bits > MAX_BUCKET_BITS {
+            return Err(ChangelogError::BadTag(id_bucket_bits));
+        }
+    } else {
+        id_segments = (c.u32()?, c.u32()?);
+        if id_segments.0 > id_segments.1 {
+            return Err(ChangelogError::BadSegments);
+        }
     }
     if !c.0.is_empty() {
         return Err(ChangelogError::TrailingBytes);
@@ -471,6 +530,7 @@ pub fn visit_record<'a>(value: &'a [u8], mut part: impl FnMut(Part<'a>)) -> Resu
         ungrouped,
         fixed,
         has_attributes,
+        id_segments,
         id_bucket_bits,
     })
 }
@@ -495,6 +555,7 @@ pub fn decode_record(value: &[u8]) -> Result<LeadRecord, ChangelogError> {
         limits,
         attributes: h.has_attributes.then_some(attrs),
         event_ids,
+        id_segments: h.id_segments,
         id_bucket_bits: h.id_bucket_bits,
     })
 }
@@ -521,8 +582,20 @@ mod tests {
                 ("country".into(), None),
             ]),
             event_ids: vec![(1, 5), (u64::MAX, i64::MAX)],
+            id_segments: (3, 7),
             id_bucket_bits: 0,
         }
+    }
+
+    /// A version 1 record of `r` (what the first releases wrote), with `bits` bucket bits, or
+    /// without that last byte (the very first release).
+    fn encode_v1(r: &LeadRecord, bits: Option<u8>) -> Vec<u8> {
+        let mut v = Vec::new();
+        encode_record(&LeadRecord { id_segments: (0, 0), ..r.clone() }, &mut v);
+        v[0] = 1;
+        v.truncate(v.len() - 8);
+        v.extend(bits);
+        v
     }
 
     #[test]
@@ -530,6 +603,7 @@ mod tests {
         let r = sample();
         let mut buf = Vec::new();
         encode_record(&r, &mut buf);
+        assert_eq!(buf[0], VERSION);
         let back = decode_record(&buf).expect("decodes");
         assert_eq!(back, r);
         // PartialEq on f64 says -0.0 == 0.0; the bits must survive too.
@@ -545,17 +619,31 @@ mod tests {
             limits: vec![],
             attributes: None,
             event_ids: vec![],
-            id_bucket_bits: 3,
+            id_segments: (0, 0),
+            id_bucket_bits: 0,
         };
         buf.clear();
         encode_record(&minimal, &mut buf);
-        assert_eq!(buf.len(), 1 + 8 + 8 + 4 + 1 + 2 + 2 + 4 + 1);
+        assert_eq!(buf.len(), 1 + 8 + 8 + 4 + 1 + 2 + 2 + 4 + 8);
         assert_eq!(decode_record(&buf), Ok(minimal));
     }
 
     #[test]
-    fn keys_and_buckets() {
+    fn version_1_records_still_read() {
+        let r = LeadRecord { id_segments: (0, 0), ..sample() };
+        assert_eq!(decode_record(&encode_v1(&r, None)), Ok(r.clone()), "the first release: no bucket byte");
+        assert_eq!(decode_record(&encode_v1(&r, Some(0))), Ok(r.clone()));
+        let bucketed = LeadRecord { id_bucket_bits: 5, ..r.clone() };
+        assert_eq!(decode_record(&encode_v1(&r, Some(5))), Ok(bucketed));
+        assert_eq!(decode_record(&encode_v1(&r, Some(17))), Err(ChangelogError::BadTag(17)));
+    }
+
+    #[test]
+    fn keys_segments_and_buckets() {
         let mut k = Vec::new();
+        segment_key("lead-7", 0x0102_0304, &mut k);
+        assert_eq!(k, b"lead-7\xff\x00\x01\x02\x03\x04");
+        assert_eq!(parse_key(&k), Ok(Key::Segment { lead: "lead-7", seq: 0x0102_0304 }));
         bucket_key("lead-7", 4, 11, &mut k);
         assert_eq!(parse_key(&k), Ok(Key::Bucket { lead: "lead-7", bits: 4, index: 11 }));
         assert_eq!(parse_key(b"lead-7"), Ok(Key::Lead("lead-7")));
@@ -563,73 +651,101 @@ mod tests {
         assert_eq!(parse_key("a\0\u{ff}b".as_bytes()), Ok(Key::Lead("a\0\u{ff}b")));
         bucket_key("x", 4, 16, &mut k);
         assert_eq!(parse_key(&k), Err(ChangelogError::BadKey), "bucket 16 of 2^4");
-        for bad in [&b""[..], b"\xff\x01\x00\x00", b"a\xff\x00\x00\x00", b"a\xff\x11\x00\x00", b"a\xff\x01\x00"] {
+        for bad in [
+            &b""[..],
+            b"\xff\x01\x00\x00",
+            b"a\xff\x00\x00\x00",
+            b"a\xff\x11\x00\x00",
+            b"a\xff\x01\x00",
+            b"\xff\x00\x00\x00\x00\x01",
+            b"a\xff\x00\x00\x00\x00\x01\x02",
+            b"a\xff\x00\x00\x00\x01",
+        ] {
             assert_eq!(parse_key(bad), Err(ChangelogError::BadKey), "{bad:?}");
         }
         assert_eq!(bucket_of(u64::MAX, 3), 7);
         assert_eq!(bucket_of(1 << 60, 3), 0);
         let ids = [(1u64, 10i64), (2, 20)];
         let mut v = Vec::new();
-        encode_bucket(&ids, &mut v);
+        encode_ids(&ids, &mut v);
         let mut back = Vec::new();
-        visit_bucket(&v, |h, c| back.push((h, c))).unwrap();
+        visit_ids(&v, |h, c| back.push((h, c))).unwrap();
         assert_eq!(back, ids);
         for len in 0..v.len() {
-            assert!(visit_bucket(&v[..len], |_, _| {}).is_err());
+            assert!(visit_ids(&v[..len], |_, _| {}).is_err());
         }
     }
 
-    /// A reader takes a lead's ids from the buckets its latest record names, after tombstones.
+    /// A reader takes a lead's ids from the segments (or version 1 buckets) its latest record
+    /// names, after tombstones; an id in two of them keeps its newest clock.
     #[test]
-    fn assemble_merges_the_named_buckets() {
+    fn assemble_merges_the_named_segments_and_buckets() {
         let mut rec = sample();
-        rec.event_ids.clear();
-        rec.id_bucket_bits = 1;
-        let (mut main, mut b0, mut b1, mut stale) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        rec.event_ids = vec![(5, rec.tau_ms)];
+        rec.id_segments = (1, 3);
+        let t = rec.tau_ms;
+        let (mut main, mut s0, mut s1, mut s2, mut s3) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         encode_record(&rec, &mut main);
-        encode_bucket(&[(3, rec.tau_ms)], &mut b0);
-        encode_bucket(&[(u64::MAX, rec.tau_ms - 1), (u64::MAX - 1, 0)], &mut b1);
-        encode_bucket(&[(99, rec.tau_ms)], &mut stale);
-        let (mut k0, mut k1, mut k_stale, mut k_gone) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        bucket_key("l", 1, 0, &mut k0);
-        bucket_key("l", 1, 1, &mut k1);
-        bucket_key("l", 2, 0, &mut k_stale);
-        bucket_key("gone", 1, 0, &mut k_gone);
+        encode_ids(&[(7, t - 5)], &mut s0); // before `first`: not the lead's any more
+        encode_ids(&[(3, t - 10), (5, t - 10), (u64::MAX - 1, 0)], &mut s1);
+        encode_ids(&[(3, t - 1), (u64::MAX, t - 1)], &mut s2);
+        encode_ids(&[(99, t)], &mut s3); // from `next` on: a leftover
+        let key = |lead: &str, seq: u32| {
+            let mut k = Vec::new();
+            segment_key(lead, seq, &mut k);
+            k
+        };
+        let (k0, k1, k2, k3, k_gone) = (key("l", 0), key("l", 1), key("l", 2), key("l", 3), key("gone", 0));
         let records: Vec<(&[u8], Option<&[u8]>)> = vec![
-            (&k1, Some(&b0)),
+            (&k2, Some(&s0)),
             (b"l", Some(&main)),
-            (&k0, Some(&b0)),
-            (&k1, Some(&b1)),
-            (&k_stale, Some(&stale)),
-            (&k_gone, Some(&b0)),
+            (&k0, Some(&s0)),
+            (&k1, Some(&s1)),
+            (&k2, Some(&s2)),
+            (&k3, Some(&s3)),
+            (&k_gone, Some(&s1)),
             (b"gone", Some(&main)),
             (b"gone", None),
         ];
         let leads = assemble(records, 1000).unwrap();
         assert_eq!(leads.keys().collect::<Vec<_>>(), ["l"]);
         let l = &leads["l"];
-        assert_eq!(l.id_bucket_bits, 0);
-        // Bucket 1's latest value; the id older than the window and the stale bucket are out.
-        assert_eq!(l.event_ids, [(3, rec.tau_ms), (u64::MAX, rec.tau_ms - 1)]);
+        assert_eq!((l.id_segments, l.id_bucket_bits), ((0, 0), 0));
+        // Segment 2's latest value; the id older than the window is out; 3 keeps its newest.
+        assert_eq!(l.event_ids, [(3, t - 1), (5, t), (u64::MAX, t - 1)]);
+
+        // Version 1: the buckets of the record's bits, not those of another.
+        let v1 = LeadRecord { event_ids: vec![], ..rec.clone() };
+        let main = encode_v1(&v1, Some(1));
+        let (mut b0, mut b1, mut kb0, mut kb1, mut k_stale) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        encode_ids(&[(3, t)], &mut b0);
+        encode_ids(&[(u64::MAX, t - 1)], &mut b1);
+        bucket_key("l", 1, 0, &mut kb0);
+        bucket_key("l", 1, 1, &mut kb1);
+        bucket_key("l", 2, 0, &mut k_stale);
+        let records: Vec<(&[u8], Option<&[u8]>)> =
+            vec![(&kb1, Some(&b0)), (b"l", Some(&main)), (&kb0, Some(&b0)), (&kb1, Some(&b1)), (&k_stale, Some(&s3))];
+        let leads = assemble(records, 1000).unwrap();
+        assert_eq!(leads["l"].event_ids, [(3, t), (u64::MAX, t - 1)]);
     }
 
     #[test]
     fn damaged_records_are_errors_not_panics() {
         let mut buf = Vec::new();
         encode_record(&sample(), &mut buf);
-        // The last byte (id bucket bits) is absent in the first release's records: without it
-        // the record still reads, with every id inline. Any shorter prefix is an error.
-        assert_eq!(buf.last(), Some(&0));
-        assert_eq!(decode_record(&buf[..buf.len() - 1]), decode_record(&buf));
-        for len in 0..buf.len() - 1 {
+        for len in 0..buf.len() {
             assert!(decode_record(&buf[..len]).is_err(), "prefix of {len} bytes");
         }
         let mut longer = buf.clone();
         longer.push(0);
         assert_eq!(decode_record(&longer), Err(ChangelogError::TrailingBytes));
         let mut newer = buf.clone();
-        newer[0] = 2;
-        assert_eq!(decode_record(&newer), Err(ChangelogError::UnknownVersion(2)));
+        newer[0] = 3;
+        assert_eq!(decode_record(&newer), Err(ChangelogError::UnknownVersion(3)));
+        let mut backwards = Vec::new();
+        encode_record(&LeadRecord { id_segments: (7, 3), ..sample() }, &mut backwards);
+        assert_eq!(decode_record(&backwards), Err(ChangelogError::BadSegments));
         // Any byte flipped: an error or some record, never a panic.
         for i in 0..buf.len() {
             let mut b = buf.clone();

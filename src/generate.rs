@@ -318,14 +318,15 @@ pub fn produce(
     use std::sync::atomic::Ordering;
     use std::time::{Duration, Instant};
 
-    let producer: ThreadedProducer<DefaultProducerContext> = crate::kafka::bulk_producer_config(brokers).create()?;
+    let producer: ThreadedProducer<DefaultProducerContext> = crate::kafka::live_producer_config(brokers).create()?;
     opts.start_ms = crate::pipeline::wall_ms();
     let rate = opts.rate_per_s;
     let mut gen = Generator::new(opts);
     let started = Instant::now();
     let (mut sent, mut buf, mut key) = (0u64, Vec::with_capacity(512), String::new());
     while !stop.load(Ordering::Relaxed) && count.is_none_or(|c| sent < c) {
-        // Send what the rate allows by now, then sleep a tick: smooth enough at any rate.
+        // Send what the rate allows by now, then sleep a tick (1 ms: records leave within a
+        // millisecond of when the rate makes them due, as from a live source).
         let due = (started.elapsed().as_secs_f64() * rate) as u64;
         while sent < due && count.is_none_or(|c| sent < c) {
             buf.clear();
@@ -353,7 +354,7 @@ pub fn produce(
             }
             sent += 1;
         }
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(1));
     }
     producer.flush(Duration::from_secs(30))?;
     Ok(sent)

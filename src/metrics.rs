@@ -146,8 +146,11 @@ pub struct Metrics {
     pub restore_errors: IntCounterVec,
     /// `leadscore_repartitioned_records_total`: records forwarded to their lead's partition.
     pub repartitioned: IntCounter,
-    /// `leadscore_changelog_records_total`: lead states and tombstones written to the state topic.
+    /// `leadscore_changelog_records_total`: lead states, id segments and tombstones written to
+    /// the state topic.
     pub changelog_records: IntCounter,
+    /// `leadscore_changelog_bytes_total`: bytes of their keys and values.
+    pub changelog_bytes: IntCounter,
     /// Event types with their own `type` label value; the rest count as `other`.
     known_types: Arc<[String]>,
 }
@@ -193,10 +196,16 @@ impl Metrics {
         );
         let changelog_records = IntCounter::new(
             "leadscore_changelog_records_total",
-            "Lead states and tombstones written to the state topic.",
+            "Lead states, event-id segments and tombstones written to the state topic.",
         )
         .expect("valid metric definition");
         registry.register(Box::new(changelog_records.clone())).expect("metric names are unique");
+        let changelog_bytes = IntCounter::new(
+            "leadscore_changelog_bytes_total",
+            "Bytes of the keys and values written to the state topic.",
+        )
+        .expect("valid metric definition");
+        registry.register(Box::new(changelog_bytes.clone())).expect("metric names are unique");
         let repartitioned = IntCounter::new(
             "leadscore_repartitioned_records_total",
             "Input records forwarded through the repartition topic to their lead's partition.",
@@ -253,6 +262,7 @@ impl Metrics {
             restore_seconds,
             restore_errors,
             changelog_records,
+            changelog_bytes,
             repartitioned,
             known_types: known.into(),
         }

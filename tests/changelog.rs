@@ -6,21 +6,25 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use leadscore::changelog::{assemble, decode_record, encode_record, parse_key, Key};
+use leadscore::changelog::{assemble, decode_record, encode_record, parse_key, Key, INLINE_IDS, SEGMENT_IDS};
 use leadscore::engine::{Applied, Engine, Transition};
 use leadscore::event::{decode, DecodeOptions};
 use leadscore::generate::{GenerateOptions, Generator};
 use leadscore::model::Model;
 use leadscore::transition::write_json;
 
-/// The example model with a short half-life and `forget_after`, so that over the generated hours
-/// decay crosses thresholds and leads are forgotten and come back.
+/// The example model with a short half-life, `forget_after` and dedup window, so that over the
+/// generated minutes decay crosses thresholds, leads are forgotten and come back, and remembered
+/// ids leave the window.
 fn model() -> Arc<Model> {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/model.toml")).expect("model");
-    assert!(text.contains("half_life = \"14d\"") && text.contains("forget_after = \"180d\""));
+    for key in ["half_life = \"14d\"", "forget_after = \"180d\"", "dedup_window = \"1d\""] {
+        assert!(text.contains(key), "{key}");
+    }
     let text = text
         .replace("half_life = \"14d\"", "half_life = \"20m\"")
-        .replace("forget_after = \"180d\"", "forget_after = \"1h\"");
+        .replace("forget_after = \"180d\"", "forget_after = \"1h\"")
+        .replace("dedup_window = \"1d\"", "dedup_window = \"5m\"");
     Arc::new(Model::from_toml(&text).expect("valid model"))
 }
 
@@ -80,15 +84,21 @@ fn a_restored_engine_continues_exactly_like_the_original() {
             if i % 50 == 49 {
                 let from = log.len();
                 writer.drain_changelog(|k, v| log.push((k.to_vec(), v.map(<[u8]>::to_vec))));
-                // The engine writes records straight from its state: they must be exactly the
-                // encoding of the state it exports (its ids in its buckets when it has many).
+                // The engine writes records straight from its state: each must be exactly the
+                // encoding of the state it exports, but for the ids, which the record holds only
+                // in part when the lead has segments; and a record holds few.
                 for (k, v) in &log[from..] {
                     let (Ok(Key::Lead(id)), Some(v)) = (parse_key(k), v) else { continue };
+                    let got = decode_record(v).expect("decodes");
                     let mut want = writer.export_lead(id).expect("a lead with a record is tracked");
-                    let bits = decode_record(v).expect("decodes").id_bucket_bits;
-                    if bits > 0 {
-                        want.event_ids.clear();
-                        want.id_bucket_bits = bits;
+                    let (first, next) = got.id_segments;
+                    if first < next {
+                        assert!(got.event_ids.len() < SEGMENT_IDS, "{id}: {} open ids", got.event_ids.len());
+                        assert!(got.event_ids.iter().all(|e| want.event_ids.contains(e)), "{id}: open ids are its ids");
+                        want.event_ids = got.event_ids.clone();
+                        want.id_segments = got.id_segments;
+                    } else {
+                        assert!(got.event_ids.len() <= INLINE_IDS, "{id}: {} inline ids", got.event_ids.len());
                     }
                     let mut expected = Vec::new();
                     encode_record(&want, &mut expected);
@@ -100,12 +110,17 @@ fn a_restored_engine_continues_exactly_like_the_original() {
         assert_eq!(writer.changed_leads(), 0);
         assert!(log.iter().any(|(_, v)| v.is_none()) || split < 13_000, "forget_after writes tombstones");
         if split > 5_000 {
-            assert!(
-                log.iter().any(|(k, _)| matches!(parse_key(k), Ok(Key::Bucket { .. }))),
-                "busy leads keep their ids in buckets"
-            );
+            let segments = |deleted: bool| {
+                log.iter()
+                    .filter(|(k, v)| matches!(parse_key(k), Ok(Key::Segment { .. })) && v.is_none() == deleted)
+                    .count()
+            };
+            assert!(segments(false) > 10, "busy leads seal their ids in segments");
+            if split > 13_000 {
+                assert!(segments(true) > 0, "segments that left the dedup window are deleted");
+            }
         }
-        // What a reader of the topic rebuilds (the last record per key, buckets merged) is the
+        // What a reader of the topic rebuilds (the last record per key, segments merged) is the
         // writer's state.
         let assembled =
             assemble(log.iter().map(|(k, v)| (&k[..], v.as_deref())), model.dedup_window_ms).expect("reads");
@@ -195,3 +210,97 @@ fn the_event_id_hash_is_pinned() {
 }
 
 const PINNED_EVENT_ID_HASHES: [u64; 3] = [18148511379775684293, 17067596826278101849, 16567872265678359905];
+
+/// The point of segments: a busy lead's remembered ids are written about once each, not with
+/// every commit that changes the lead; its records stay small; segments that left the dedup
+/// window are deleted; and what a reader rebuilds is still the lead's state.
+#[test]
+fn a_busy_leads_ids_are_written_about_once() {
+    let model = model(); // dedup window 5 min
+    let mut writer = Engine::with_changelog(Arc::clone(&model));
+    let mut log: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+    let mut ignored = Vec::new();
+    let events = 2_000; // one a second: 33 min, about 300 ids in the window at any time
+    for i in 0..events {
+        let line = format!(
+            r#"{{"lead_id":"bot","type":"website_visit","timestamp":{},"event_id":"e-{i}"}}"#,
+            1_764_000_000_000i64 + i * 1000
+        );
+        step(&mut writer, line.as_bytes(), &mut ignored);
+        if i % 3 == 2 {
+            writer.drain_changelog(|k, v| log.push((k.to_vec(), v.map(<[u8]>::to_vec))));
+        }
+    }
+    writer.drain_changelog(|k, v| log.push((k.to_vec(), v.map(<[u8]>::to_vec))));
+    let (mut in_records, mut in_segments, mut deleted, mut largest) = (0usize, 0usize, 0usize, 0usize);
+    for (k, v) in &log {
+        match (parse_key(k).expect("a valid key"), v) {
+            (Key::Lead(_), Some(v)) => {
+                let n = decode_record(v).expect("decodes").event_ids.len();
+                in_records += n;
+                largest = largest.max(n);
+            }
+            (Key::Segment { .. }, Some(v)) => {
+                leadscore::changelog::visit_ids(v, |_, _| in_segments += 1).expect("decodes");
+            }
+            (Key::Segment { .. }, None) => deleted += 1,
+            other => panic!("unexpected record {other:?}"),
+        }
+    }
+    assert!(largest < SEGMENT_IDS + 3, "a record holds the ids since the last seal: {largest}");
+    assert!(in_segments <= events as usize && in_segments + SEGMENT_IDS + 3 > events as usize, "{in_segments}");
+    assert!(in_records + in_segments < 6 * events as usize, "ids written {} times", in_records + in_segments);
+    assert!(deleted > 50, "segments out of the window are deleted: {deleted}");
+    let assembled = assemble(log.iter().map(|(k, v)| (&k[..], v.as_deref())), model.dedup_window_ms).expect("reads");
+    assert_eq!(assembled, states(&writer));
+    assert!(assembled["bot"].event_ids.len() >= 299, "{}", assembled["bot"].event_ids.len());
+}
+
+/// A lead written by a release whose records kept a busy lead's ids in bucket records (format
+/// version 1) restores with those ids; its next record replaces the buckets (deleted) with the
+/// current layout.
+#[test]
+fn version_1_bucket_records_restore_and_are_replaced() {
+    use leadscore::changelog::{bucket_key, encode_ids, LeadRecord};
+    let model = model();
+    let mut source = Engine::new(Arc::clone(&model));
+    let mut ignored = Vec::new();
+    let t0 = 1_764_000_000_000i64;
+    for i in 0..40 {
+        let line = format!(r#"{{"lead_id":"old","type":"login","timestamp":{},"event_id":"e-{i}"}}"#, t0 + i * 1000);
+        step(&mut source, line.as_bytes(), &mut ignored);
+    }
+    let state = source.export_lead("old").expect("tracked");
+    // Version 1: the record without ids and with 1 bucket bit, then its two buckets.
+    let mut v1 = Vec::new();
+    encode_record(&LeadRecord { event_ids: vec![], ..state.clone() }, &mut v1);
+    v1[0] = 1;
+    v1.truncate(v1.len() - 8);
+    v1.push(1);
+    let low: Vec<(u64, i64)> = state.event_ids.iter().copied().filter(|(h, _)| h >> 63 == 0).collect();
+    let high: Vec<(u64, i64)> = state.event_ids.iter().copied().filter(|(h, _)| h >> 63 == 1).collect();
+    let mut log: Vec<(Vec<u8>, Option<Vec<u8>>)> = vec![(b"old".to_vec(), Some(v1))];
+    for (index, ids) in [(0u16, &low), (1, &high)] {
+        let (mut k, mut v) = (Vec::new(), Vec::new());
+        bucket_key("old", 1, index, &mut k);
+        encode_ids(ids, &mut v);
+        log.push((k, Some(v)));
+    }
+    let mut restored = Engine::with_changelog(Arc::clone(&model));
+    for (k, v) in &log {
+        restored.restore(k, v.as_deref()).expect("a version 1 record reads");
+    }
+    assert!(restored.finish_restore().is_empty());
+    assert_eq!(restored.export_lead("old"), Some(state), "the ids come from the buckets");
+    let line = format!(r#"{{"lead_id":"old","type":"login","timestamp":{},"event_id":"e-new"}}"#, t0 + 50_000);
+    step(&mut restored, line.as_bytes(), &mut ignored);
+    let mut written: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+    restored.drain_changelog(|k, v| written.push((k.to_vec(), v.map(<[u8]>::to_vec))));
+    let deleted_buckets =
+        written.iter().filter(|(k, v)| v.is_none() && matches!(parse_key(k), Ok(Key::Bucket { .. }))).count();
+    assert_eq!(deleted_buckets, 2, "both buckets deleted");
+    let all: Vec<(Vec<u8>, Option<Vec<u8>>)> = log.into_iter().chain(written).collect();
+    let assembled = assemble(all.iter().map(|(k, v)| (&k[..], v.as_deref())), model.dedup_window_ms).expect("reads");
+    assert_eq!(assembled["old"], restored.export_lead("old").expect("tracked"));
+    assert_eq!(assembled["old"].event_ids.len(), 41);
+}

@@ -757,8 +757,8 @@ fn check_dead_letters(
 }
 
 /// The state topic must be compacted, have the input's partition count, and hold each lead (its
-/// record and its id buckets) in one partition. What a reader rebuilds from it
-/// (`leadscore::changelog::assemble`: the last record of each key, buckets merged) must be what
+/// record and its id segments) in one partition. What a reader rebuilds from it
+/// (`leadscore::changelog::assemble`: the last record of each key, segments merged) must be what
 /// the expected engine exports, lead for lead.
 fn check_changelog(g: &Group, got: &[Received], expected: &Expected, problems: &mut Problems) {
     use leadscore::changelog::{assemble, parse_key, Key};
@@ -773,7 +773,7 @@ fn check_changelog(g: &Group, got: &[Received], expected: &Expected, problems: &
         problems.push(format!("state topic {}: cleanup.policy {policy:?}, expected compact", g.state));
     }
     let mut partitions_of: BTreeMap<String, BTreeSet<i32>> = BTreeMap::new();
-    let (mut unkeyed, mut bad_keys, mut buckets) = (0usize, Vec::new(), 0usize);
+    let (mut unkeyed, mut bad_keys, mut segments) = (0usize, Vec::new(), 0usize);
     let mut records = Vec::new();
     for r in got {
         let Some(key) = r.key.as_deref() else {
@@ -782,8 +782,8 @@ fn check_changelog(g: &Group, got: &[Received], expected: &Expected, problems: &
         };
         let lead = match parse_key(key) {
             Ok(Key::Lead(l)) => l,
-            Ok(Key::Bucket { lead, .. }) => {
-                buckets += 1;
+            Ok(Key::Segment { lead, .. } | Key::Bucket { lead, .. }) => {
+                segments += 1;
                 lead
             }
             Err(e) => {
@@ -832,7 +832,7 @@ fn check_changelog(g: &Group, got: &[Received], expected: &Expected, problems: &
     }
     let unknown: Vec<&str> = assembled.keys().map(String::as_str).filter(|k| !leads.contains(k)).collect();
     eprintln!(
-        "changelog: {} records read ({buckets} of id buckets), {} leads rebuilt, {} leads expected",
+        "changelog: {} records read ({segments} of id segments), {} leads rebuilt, {} leads expected",
         got.len(),
         assembled.len(),
         leads.len()

@@ -287,10 +287,14 @@ pub struct Engine {
     journal: Option<Box<Journal>>,
     /// Scratch of [`Engine::restore`]: a record's event ids.
     import_ids: Vec<[i64; 2]>,
-    /// Leads whose event ids the changelog keeps in bucket records (engines with a journal).
-    id_buckets: HashMap<u32, IdBuckets, Hasher>,
-    /// Bucket records read by a restore, by key (the last wins; `None`: deleted), applied by
-    /// [`Engine::finish_restore`].
+    /// Leads some of whose event ids the changelog keeps in segment records (engines with a
+    /// journal; see [`crate::changelog`]).
+    id_segments: HashMap<u32, IdSegments, Hasher>,
+    /// Leads restored from version 1 records whose ids were in bucket records, by their bucket
+    /// bits: the buckets are deleted when the lead is next written.
+    legacy_buckets: HashMap<u32, u8, Hasher>,
+    /// Segment and bucket records read by a restore, by key (the last wins; `None`: deleted),
+    /// applied by [`Engine::finish_restore`].
     restore_buckets: BucketRecords,
     /// Columns and attributes by the names a changelog record stores them under.
     names: Names,
@@ -313,8 +317,8 @@ struct Names {
 struct Journal {
     /// Slots whose state changed (a slot may appear twice; its `dirty` flag decides).
     dirty: Vec<u32>,
-    /// Leads `forget_after` removed, with their id-bucket bits: tombstones.
-    removed: Vec<(Box<str>, u8)>,
+    /// Leads `forget_after` removed (or reset), with their id records: tombstones.
+    removed: Vec<Gone>,
     buf: Vec<u8>,
     /// Scratch: a lead's event ids, sorted for its record.
     ids: Vec<(u64, i64)>,
@@ -325,28 +329,35 @@ struct Journal {
 /// State-topic bucket records by key (`None`: deleted).
 type BucketRecords = HashMap<Box<[u8]>, Option<Box<[u8]>>, Hasher>;
 
-/// A lead whose event ids are in bucket records of the changelog (see [`crate::changelog`]):
-/// how many buckets, and which got ids since the last drain.
-pub(crate) struct IdBuckets {
-    bits: u8,
-    dirty: Box<[u64]>,
-    /// Every bucket is to be written (the lead was reset: their content is stale).
-    all: bool,
+/// A lead whose older event ids are sealed in segment records of the changelog (see
+/// [`crate::changelog`]).
+#[derive(Default)]
+pub(crate) struct IdSegments {
+    /// Sequence number of the oldest segment still in the changelog.
+    first: u32,
+    /// The newest clock of each segment from `first` on, in order: a segment is deleted once
+    /// that clock has left the dedup window. `i64::MIN`: a segment a restore did not find.
+    newest: std::collections::VecDeque<i64>,
+    /// Ids remembered since the last seal, in order (so by clock): the record holds them.
+    open: Vec<(u64, i64)>,
 }
 
-impl IdBuckets {
-    fn new(bits: u8) -> IdBuckets {
-        IdBuckets { bits, dirty: vec![0; (1usize << bits).div_ceil(64)].into_boxed_slice(), all: false }
+impl IdSegments {
+    /// The sequence number the next sealed segment gets.
+    fn next(&self) -> u32 {
+        self.first + self.newest.len() as u32
     }
+}
 
-    fn mark(&mut self, id_hash: u64) {
-        let i = crate::changelog::bucket_of(id_hash, self.bits) as usize;
-        self.dirty[i / 64] |= 1 << (i % 64);
-    }
-
-    fn is_dirty(&self, i: u16) -> bool {
-        self.dirty[i as usize / 64] & (1 << (i % 64)) != 0
-    }
+/// What a removed (or reset) lead leaves in the changelog to delete.
+struct Gone {
+    lead: Box<str>,
+    /// Its own record too (removed; a reset lead's record is rewritten instead).
+    record: bool,
+    /// Version 1 bucket bits (0: none).
+    legacy_bits: u8,
+    /// Its segments `first..next`.
+    segments: (u32, u32),
 }
 
 /// Columns of a lead's row: the ungrouped total, the group totals, `fixed`, `fit`, one packed
@@ -459,7 +470,8 @@ impl Engine {
             batch: Vec::new(),
             journal: None,
             import_ids: Vec::new(),
-            id_buckets: HashMap::with_hasher(store::hasher()),
+            id_segments: HashMap::with_hasher(store::hasher()),
+            legacy_buckets: HashMap::with_hasher(store::hasher()),
             restore_buckets: HashMap::with_hasher(store::hasher()),
             row: Some(Box::new([0; 64])),
             model,
@@ -736,11 +748,10 @@ impl Engine {
             None => self.store.find_or_insert_hashed(&ev.lead_id, h.lead, t),
         };
         if !new && self.expired(slot) {
-            // Forgotten (not yet swept) and back: it starts afresh.
+            // Forgotten (not yet swept) and back: it starts afresh (and what the changelog still
+            // holds of its ids is deleted).
+            self.forget_records(slot, false);
             self.store.reset(slot, t);
-            if let Some(b) = self.id_buckets.get_mut(&slot) {
-                b.all = true;
-            }
             new = true;
         }
         if !new && check_duplicate {
@@ -854,9 +865,9 @@ impl Engine {
         if let Some(id_hash) = h.event_id {
             let oldest = core.tau.saturating_sub(self.model.dedup_window_ms);
             self.store.ids_remember(slot, id_hash, core.tau, oldest);
-            if !self.id_buckets.is_empty() {
-                if let Some(b) = self.id_buckets.get_mut(&slot) {
-                    b.mark(id_hash);
+            if !self.id_segments.is_empty() {
+                if let Some(s) = self.id_segments.get_mut(&slot) {
+                    s.open.push((id_hash, core.tau));
                 }
             }
         }
@@ -893,6 +904,16 @@ impl Engine {
         }
         self.mark_dirty(slot);
         Applied::Accepted
+    }
+
+    /// Drops what the engine knows of the lead's changelog records and (with a journal)
+    /// queues their deletion: its segment and bucket records, and its own record if `record`.
+    fn forget_records(&mut self, slot: u32, record: bool) {
+        let segments = self.id_segments.remove(&slot).map_or((0, 0), |s| (s.first, s.next()));
+        let legacy_bits = self.legacy_buckets.remove(&slot).unwrap_or(0);
+        if let (Some(j), true) = (&mut self.journal, record || segments.0 < segments.1 || legacy_bits > 0) {
+            j.removed.push(Gone { lead: self.store.id(slot).into(), record, legacy_bits, segments });
+        }
     }
 
     #[inline]
@@ -1118,10 +1139,8 @@ impl Engine {
             if let Some(a) = self.attrs.get_mut(slot as usize) {
                 *a = None;
             }
-            let bits = self.id_buckets.remove(&slot).map_or(0, |b| b.bits);
-            if let Some(j) = &mut self.journal {
-                j.removed.push((self.store.id(slot).into(), bits));
-            }
+            // Deleted from the changelog, with its id records.
+            self.forget_records(slot, true);
             // Its heap entries die with the generation.
             self.store.remove(slot);
         }

@@ -5,11 +5,10 @@
 //! limits, attributes, remembered event ids and transition count; its next decay-driven crossing
 //! is recomputed from that state (it is a function of it), so scheduled crossings survive too.
 
-use super::IdBuckets;
-use super::{Attr, Engine, COL_GROUPS, COL_UNGROUPED, NO_WINDOW};
+use super::{Attr, Engine, IdSegments, COL_GROUPS, COL_UNGROUPED, NO_WINDOW};
 use crate::changelog::{
-    bucket_key, bucket_of, encode_bucket, encode_record, parse_key, visit_bucket, visit_record, AttrRef, AttrValue,
-    ChangelogError, Key, LeadRecord, Part, INLINE_IDS, MAX_BUCKET_BITS,
+    bucket_key, encode_ids, encode_record, parse_key, segment_key, visit_ids, visit_record, AttrRef, AttrValue,
+    ChangelogError, Key, LeadRecord, Part, INLINE_IDS, SEGMENT_IDS, SEGMENT_MAX_IDS,
 };
 
 impl Attr {
@@ -45,11 +44,11 @@ impl Engine {
     }
 
     /// Hands every change since the last call to `out`, as state-topic records: `(key,
-    /// Some(value))` for a lead whose state changed (and for its id buckets that did, see
+    /// Some(value))` for a lead whose state changed (after the segment records it sealed, see
     /// [`crate::changelog`]), `(key, None)` for what `forget_after` removed (the lead and its
-    /// buckets) or what no longer exists. Removals come first, so a lead removed and back within
-    /// one drain ends with its new state. Nothing on an engine built without
-    /// [`Engine::with_changelog`].
+    /// segments) or what no longer exists (segments whose ids left the dedup window). Removals
+    /// come first, so a lead removed and back within one drain ends with its new state. Nothing
+    /// on an engine built without [`Engine::with_changelog`].
     pub fn drain_changelog(&mut self, mut out: impl FnMut(&[u8], Option<&[u8]>)) {
         let Some(journal) = self.journal.as_mut() else { return };
         let removed = std::mem::take(&mut journal.removed);
@@ -57,9 +56,8 @@ impl Engine {
         let mut buf = std::mem::take(&mut journal.buf);
         let mut ids = std::mem::take(&mut journal.ids);
         let mut key = std::mem::take(&mut journal.key);
-        for (id, bits) in &removed {
-            out(id.as_bytes(), None);
-            tombstone_buckets(id, *bits, &mut key, &mut out);
+        for g in &removed {
+            delete_records(&g.lead, g.record, g.legacy_bits, g.segments, &mut key, &mut out);
         }
         for (i, &slot) in dirty.iter().enumerate() {
             // The changed leads are spread over the whole state: request each lead's core, then
@@ -75,64 +73,68 @@ impl Engine {
                 continue;
             }
             core.set_dirty(false);
-            let prev = self.id_buckets.get(&slot).map_or(0, |b| b.bits);
+            let tau = core.tau;
+            let id = self.store.id(slot);
             if self.expired(slot) {
-                let id = self.store.id(slot);
-                out(id.as_bytes(), None);
-                tombstone_buckets(id, prev, &mut key, &mut out);
-                self.id_buckets.remove(&slot);
+                // Removed with its id records (the sweep gives the memory back later).
+                let segments = self.id_segments.remove(&slot).map_or((0, 0), |s| (s.first, s.next()));
+                let legacy_bits = self.legacy_buckets.remove(&slot).unwrap_or(0);
+                delete_records(id, true, legacy_bits, segments, &mut key, &mut out);
                 continue;
             }
-            let oldest = self.store.cores[slot as usize].tau.saturating_sub(self.model.dedup_window_ms);
-            // A lead whose ids are in buckets, with the same layout: only the buckets that
-            // changed are written, so only their ids are collected (from their range of the
-            // lead's table) and sorted; a busy lead holds tens of thousands, and walking them all
-            // at every commit was most of a commit's time at 50k events/s. The layout decision
-            // uses the table's count (expired ids not yet dropped included).
+            if let Some(bits) = self.legacy_buckets.remove(&slot) {
+                // Its ids go into this record or new segments, below.
+                delete_records(id, false, bits, (0, 0), &mut key, &mut out);
+            }
+            let oldest = tau.saturating_sub(self.model.dedup_window_ms);
             ids.clear();
-            let mut bits = prev;
-            let partial = self.id_buckets.get(&slot).filter(|b| !b.all);
-            let same_layout = partial.is_some() && choose_bucket_bits(self.store.ids_stored(slot), prev) == prev;
-            if let (Some(b), true) = (partial, same_layout) {
-                for (w, &word) in b.dirty.iter().enumerate() {
-                    let mut word = word;
-                    while word != 0 {
-                        let bucket = (w * 64 + word.trailing_zeros() as usize) as u16;
-                        word &= word - 1;
-                        self.store.ids_entries_of_bucket(slot, prev, bucket, |e| {
-                            if e[1] >= oldest {
-                                ids.push((e[0] as u64, e[1]));
-                            }
-                        });
+            if let Some(s) = self.id_segments.get_mut(&slot) {
+                // Segments whose newest id has left the window can make no duplicate.
+                while s.newest.front().is_some_and(|&c| c < oldest) {
+                    segment_key(id, s.first, &mut key);
+                    out(&key, None);
+                    s.first += 1;
+                    s.newest.pop_front();
+                }
+                s.open.retain(|&(_, c)| c >= oldest);
+                if s.open.len() >= SEGMENT_IDS {
+                    let open = std::mem::take(&mut s.open);
+                    seal(id, &open, s, &mut key, &mut buf, &mut out);
+                    s.open = open;
+                    s.open.clear();
+                }
+                if s.newest.is_empty() {
+                    // Nothing sealed is left in the window: a lead without segments again (its
+                    // live ids are all open ones), whose next segment is number 0.
+                    self.id_segments.remove(&slot);
+                }
+            }
+            let segments = match self.id_segments.get(&slot) {
+                Some(s) => {
+                    ids.extend_from_slice(&s.open);
+                    (s.first, s.next())
+                }
+                None => {
+                    ids.extend(self.store.ids_entries(slot).filter(|e| e[1] >= oldest).map(|e| (e[0] as u64, e[1])));
+                    if ids.len() > INLINE_IDS {
+                        // Too many for its record: all sealed, in clock order (so that segments
+                        // leave the window oldest first).
+                        ids.sort_unstable_by_key(|&(h, c)| (c, h));
+                        let mut s = IdSegments::default();
+                        seal(id, &ids, &mut s, &mut key, &mut buf, &mut out);
+                        ids.clear();
+                        let range = (s.first, s.next());
+                        self.id_segments.insert(slot, s);
+                        range
+                    } else {
+                        ids.sort_unstable();
+                        (0, 0)
                     }
                 }
-            } else {
-                ids.extend(self.store.ids_entries(slot).filter(|e| e[1] >= oldest).map(|e| (e[0] as u64, e[1])));
-                bits = choose_bucket_bits(ids.len(), prev);
-            }
-            // Sorted by hash, which is by bucket too (buckets are the top bits).
-            ids.sort_unstable();
+            };
             buf.clear();
-            self.encode_slot(slot, &mut buf, if bits == 0 { &ids } else { &[] }, bits);
-            let id = self.store.id(slot);
-            out(id.as_bytes(), Some(&buf));
-            if bits != prev {
-                tombstone_buckets(id, prev, &mut key, &mut out);
-                if bits > 0 {
-                    // Every bucket of the new layout that holds ids.
-                    write_buckets(id, bits, &ids, |_| true, false, &mut key, &mut buf, &mut out);
-                }
-            } else if bits > 0 {
-                let b = &self.id_buckets[&slot];
-                // What changed: the buckets that got ids, or all of them after a reset (their
-                // earlier content must go). A bucket left empty is deleted.
-                write_buckets(id, bits, &ids, |i| b.all || b.is_dirty(i), true, &mut key, &mut buf, &mut out);
-            }
-            if bits == 0 {
-                self.id_buckets.remove(&slot);
-            } else {
-                self.id_buckets.insert(slot, IdBuckets::new(bits));
-            }
+            self.encode_slot(slot, &mut buf, &ids, segments);
+            out(self.store.id(slot).as_bytes(), Some(&buf));
         }
         let journal = self.journal.as_mut().expect("journal");
         // Keep the allocations for the next drain.
@@ -146,10 +148,10 @@ impl Engine {
     }
 
     /// The changelog record of a lead, byte for byte `encode_record` of its exported state
-    /// with `ids` (sorted) in it and `bits` as its id-bucket bits, written straight from the
+    /// with `ids` in it and its other ids in segments `segments`, written straight from the
     /// engine's state: a commit writes one per lead changed in the interval, so it must not
     /// allocate.
-    fn encode_slot(&self, slot: u32, out: &mut Vec<u8>, ids: &[(u64, i64)], bits: u8) {
+    fn encode_slot(&self, slot: u32, out: &mut Vec<u8>, ids: &[(u64, i64)], segments: (u32, u32)) {
         use crate::changelog::{count16, put_str, HAS_ATTRIBUTES, HAS_FIXED, HAS_UNGROUPED, QUALIFIED, VERSION};
         let core = &self.store.cores[slot as usize];
         let (mask, _) = self.store.row(slot);
@@ -224,7 +226,8 @@ impl Engine {
             out.extend_from_slice(&hash.to_le_bytes());
             out.extend_from_slice(&clock.to_le_bytes());
         }
-        out.push(bits);
+        out.extend_from_slice(&segments.0.to_le_bytes());
+        out.extend_from_slice(&segments.1.to_le_bytes());
     }
 
     /// A lead's whole state, as its changelog record holds it; `None` for a lead not in state.
@@ -273,6 +276,7 @@ impl Engine {
             limits,
             attributes,
             event_ids,
+            id_segments: (0, 0),
             id_bucket_bits: 0,
         }
     }
@@ -290,36 +294,57 @@ impl Engine {
                     Ok(())
                 }
             },
-            Key::Bucket { .. } => {
+            Key::Segment { .. } | Key::Bucket { .. } => {
                 // Applied once every record is read (`finish_restore`): a lead's record names
-                // which buckets hold its ids, and the log may hold either first.
+                // which segments (or buckets) hold its ids, and the log may hold either first.
                 self.restore_buckets.insert(key.into(), value.map(Into::into));
                 Ok(())
             }
         }
     }
 
-    /// Ends a restore: gives each lead the ids of the buckets its record names (ids the window
-    /// no longer covers are dropped). Returns the bucket records that could not be read (each
+    /// Ends a restore: gives each lead the ids of the segments (or version 1 buckets) its
+    /// record names (ids the window no longer covers are dropped; an id in two keeps its
+    /// newest clock). Returns the segment and bucket records that could not be read (each
     /// skipped).
     pub fn finish_restore(&mut self) -> Vec<ChangelogError> {
         let mut damaged = Vec::new();
         let mut ids = Vec::new();
         for (key, value) in std::mem::take(&mut self.restore_buckets) {
             let Some(value) = value else { continue };
-            let Ok(Key::Bucket { lead, bits, .. }) = parse_key(&key) else { continue };
-            let Some(slot) = self.store.find(lead).filter(|s| self.id_buckets.get(s).is_some_and(|b| b.bits == bits))
-            else {
-                continue; // a lead gone since, or a bucket of an older layout
+            // The lead, and the segment's place among its segments.
+            let (slot, segment) = match parse_key(&key) {
+                Ok(Key::Bucket { lead, bits, .. }) => {
+                    match self.store.find(lead).filter(|s| self.legacy_buckets.get(s) == Some(&bits)) {
+                        Some(slot) => (slot, None),
+                        None => continue, // a lead gone since, or a bucket of an older layout
+                    }
+                }
+                Ok(Key::Segment { lead, seq }) => {
+                    let found = self.store.find(lead).and_then(|slot| {
+                        let s = self.id_segments.get(&slot)?;
+                        (s.first..s.next()).contains(&seq).then_some((slot, Some((seq - s.first) as usize)))
+                    });
+                    match found {
+                        Some(f) => f,
+                        None => continue, // a lead gone since, or a segment deleted from its list
+                    }
+                }
+                _ => continue,
             };
             ids.clear();
-            if let Err(e) = visit_bucket(&value, |h, c| ids.push((h, c))) {
+            if let Err(e) = visit_ids(&value, |h, c| ids.push((h, c))) {
                 damaged.push(e);
                 continue;
             }
             let oldest = self.store.cores[slot as usize].tau.saturating_sub(self.model.dedup_window_ms);
             for &(h, c) in ids.iter().filter(|&&(_, c)| c >= oldest) {
-                self.store.ids_remember(slot, h, c, oldest);
+                if self.store.ids_get(slot, h).is_none_or(|had| had < c) {
+                    self.store.ids_remember(slot, h, c, oldest);
+                }
+            }
+            if let (Some(i), Some(s)) = (segment, self.id_segments.get_mut(&slot)) {
+                s.newest[i] = ids.iter().map(|&(_, c)| c).max().unwrap_or(i64::MIN);
             }
         }
         damaged
@@ -341,7 +366,8 @@ impl Engine {
     /// Removes a lead from state (a tombstone read during a restore).
     fn forget_lead(&mut self, lead_id: &str) {
         if let Some(slot) = self.store.find(lead_id) {
-            self.id_buckets.remove(&slot);
+            self.id_segments.remove(&slot);
+            self.legacy_buckets.remove(&slot);
             if let Some(a) = self.attrs.get_mut(slot as usize) {
                 *a = None;
             }
@@ -412,12 +438,13 @@ impl Engine {
         if !new {
             self.store.reset(slot, h.tau_ms);
         }
+        // Its other ids come from its segments (or buckets), at `finish_restore`.
         if h.id_bucket_bits > 0 {
-            // Its ids come from its buckets, at `finish_restore`.
-            self.id_buckets.insert(slot, IdBuckets::new(h.id_bucket_bits));
+            self.legacy_buckets.insert(slot, h.id_bucket_bits);
         } else {
-            self.id_buckets.remove(&slot);
+            self.legacy_buckets.remove(&slot);
         }
+        self.id_segments.remove(&slot);
         {
             let core = &mut self.store.cores[slot as usize];
             core.last_at = h.last_transition_at_ms.unwrap_or(i64::MIN);
@@ -447,6 +474,14 @@ impl Engine {
         // table wants distinct ones (the newest).
         let oldest = h.tau_ms.saturating_sub(self.model.dedup_window_ms);
         ids.retain(|e| e[1] >= oldest);
+        let (first, next) = h.id_segments;
+        if first < next {
+            // The record's ids are those remembered since the last seal: still open.
+            let mut open: Vec<(u64, i64)> = ids.iter().map(|e| (e[0] as u64, e[1])).collect();
+            open.sort_by_key(|&(_, c)| c);
+            let newest = std::iter::repeat_n(i64::MIN, (next - first) as usize).collect();
+            self.id_segments.insert(slot, IdSegments { first, newest, open });
+        }
         ids.sort_unstable_by(|a, b| a[0].cmp(&b[0]).then(b[1].cmp(&a[1])));
         ids.dedup_by_key(|e| e[0]);
         self.store.ids_build(slot, &ids);
@@ -455,70 +490,45 @@ impl Engine {
     }
 }
 
-/// Id-bucket bits for a lead with `n` ids in the window whose buckets had `prev` bits: none
-/// while the ids fit in its record (with some slack before a lead goes back into its record),
-/// else about [`BUCKET_IDS`] ids per bucket, kept while buckets hold a quarter to four times
-/// that. Few, fairly large buckets: each dirty bucket is one more record per commit, and a
-/// record costs the producer and the broker more than a few kilobytes of ids (measured by
-/// `bench/run`'s latency stage, where most of 10,000 leads hold hundreds of ids: 128-id buckets
-/// wrote 50% more changelog records than the lead count changed).
-fn choose_bucket_bits(n: usize, prev: u8) -> u8 {
-    if n <= INLINE_IDS && (prev == 0 || n <= INLINE_IDS / 2) {
-        return 0;
-    }
-    if prev > 0 {
-        let per_bucket = n >> prev;
-        if per_bucket <= 4 * BUCKET_IDS && (per_bucket >= BUCKET_IDS / 4 || prev == 1) {
-            return prev;
-        }
-    }
-    let buckets = n.div_ceil(BUCKET_IDS).next_power_of_two();
-    (buckets.trailing_zeros() as u8).clamp(1, MAX_BUCKET_BITS)
-}
-
-/// Ids per bucket record a new bucket layout aims at (16 bytes each: 4 KiB).
-const BUCKET_IDS: usize = 256;
-
-/// Tombstones for every bucket of a lead with `bits` bucket bits (none when 0).
-fn tombstone_buckets(lead_id: &str, bits: u8, key: &mut Vec<u8>, out: &mut impl FnMut(&[u8], Option<&[u8]>)) {
-    if bits == 0 {
-        return;
-    }
-    for index in 0..(1u32 << bits) {
-        bucket_key(lead_id, bits, index as u16, key);
-        out(key, None);
-    }
-}
-
-/// Writes the buckets `wanted` of a lead's ids (sorted by hash): a record for each that holds
-/// ids, and a tombstone for each that is empty if `delete_empty`.
-#[allow(clippy::too_many_arguments)]
-fn write_buckets(
+/// Writes `ids` (in clock order) as the lead's next segments, at most [`SEGMENT_MAX_IDS`] each.
+fn seal(
     lead_id: &str,
-    bits: u8,
     ids: &[(u64, i64)],
-    wanted: impl Fn(u16) -> bool,
-    delete_empty: bool,
+    s: &mut IdSegments,
     key: &mut Vec<u8>,
     buf: &mut Vec<u8>,
     out: &mut impl FnMut(&[u8], Option<&[u8]>),
 ) {
-    let mut rest = ids;
-    for index in 0..(1u32 << bits) {
-        let index = index as u16;
-        let n = rest.iter().take_while(|&&(h, _)| bucket_of(h, bits) == index).count();
-        let (mine, after) = rest.split_at(n);
-        rest = after;
-        if !wanted(index) || (mine.is_empty() && !delete_empty) {
-            continue;
-        }
-        bucket_key(lead_id, bits, index, key);
-        if mine.is_empty() {
+    for chunk in ids.chunks(SEGMENT_MAX_IDS) {
+        segment_key(lead_id, s.next(), key);
+        buf.clear();
+        encode_ids(chunk, buf);
+        out(key, Some(buf));
+        s.newest.push_back(chunk.iter().map(|&(_, c)| c).max().unwrap_or(i64::MIN));
+    }
+}
+
+/// Tombstones for a lead's record (if `record`), its version 1 buckets (`legacy_bits` > 0) and
+/// its segments `first..next`.
+fn delete_records(
+    lead_id: &str,
+    record: bool,
+    legacy_bits: u8,
+    (first, next): (u32, u32),
+    key: &mut Vec<u8>,
+    out: &mut impl FnMut(&[u8], Option<&[u8]>),
+) {
+    if record {
+        out(lead_id.as_bytes(), None);
+    }
+    if legacy_bits > 0 {
+        for index in 0..(1u32 << legacy_bits) {
+            bucket_key(lead_id, legacy_bits, index as u16, key);
             out(key, None);
-        } else {
-            buf.clear();
-            encode_bucket(mine, buf);
-            out(key, Some(buf));
         }
+    }
+    for seq in first..next {
+        segment_key(lead_id, seq, key);
+        out(key, None);
     }
 }

@@ -770,49 +770,6 @@ impl Store {
         t.iter().copied().filter(|e| e[1] != i64::MIN)
     }
 
-    /// How many entries the lead's table holds, expired ones not yet dropped included: O(1) for
-    /// the big tables (their header counts them).
-    pub fn ids_stored(&self, slot: u32) -> usize {
-        match self.ids_table(slot) {
-            None => 0,
-            Some((class, t)) if class < SMALL_CLASSES => t.iter().take_while(|e| e[1] != i64::MIN).count(),
-            Some((_, t)) => t[0][0] as usize,
-        }
-    }
-
-    /// Calls `each` with every remembered entry whose hash's top `bits` bits are `bucket` (the
-    /// changelog's id buckets), without walking the whole table where it can: the big tables
-    /// are indexed by the top bits of the hash, so a bucket's entries sit in its range of the
-    /// table, or after it in the same run of occupied entries (linear probing, wrapping
-    /// around at the end).
-    pub fn ids_entries_of_bucket(&self, slot: u32, bits: u8, bucket: u16, mut each: impl FnMut([i64; 2])) {
-        let of_bucket = |e: &[i64; 2]| (e[0] as u64 >> (64 - u32::from(bits))) as u16 == bucket;
-        let Some((class, t)) = self.ids_table(slot) else { return };
-        if class < SMALL_CLASSES || class < usize::from(bits) {
-            t.iter()
-                .skip(usize::from(class >= SMALL_CLASSES))
-                .filter(|e| e[1] != i64::MIN && of_bucket(e))
-                .for_each(|e| each(*e));
-            return;
-        }
-        let table = &t[1..];
-        let cap = table.len();
-        let shift = class - usize::from(bits);
-        let (start, end) = (usize::from(bucket) << shift, (usize::from(bucket) + 1) << shift);
-        let mut i = start;
-        // The range itself, then the rest of the run of occupied entries it ends in.
-        while i < end || table[i % cap][1] != i64::MIN {
-            let e = table[i % cap];
-            if e[1] != i64::MIN && of_bucket(&e) {
-                each(e);
-            }
-            i += 1;
-            if i - start >= cap {
-                break;
-            }
-        }
-    }
-
     /// Replaces the lead's remembered ids with `entries` (distinct hashes).
     pub fn ids_build(&mut self, slot: u32, entries: &[[i64; 2]]) {
         self.ids_clear(slot);
@@ -976,42 +933,5 @@ mod tests {
         s.ids_clear(slot);
         assert_eq!(s.ids_entries(slot).count(), 0);
         assert_eq!(s.ids_get(slot, 1), None);
-    }
-
-    #[test]
-    fn a_buckets_entries_are_found_in_its_range_of_the_table() {
-        let mut s = Store::new(8);
-        let (slot, _) = s.find_or_insert("busy", 1);
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        let mut all = Vec::new();
-        for n in 0..3000i64 {
-            // Hashes crowded at both ends of the range too, so runs wrap around the table.
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let h = match n % 10 {
-                0 => u64::MAX - (n as u64),
-                1 => n as u64,
-                _ => x,
-            };
-            s.ids_remember(slot, h, n, 0);
-            all.push([h as i64, n]);
-            if [1, 5, 17, 200, 2999].contains(&n) {
-                assert_eq!(s.ids_stored(slot), all.len());
-                for bits in 1..=7u8 {
-                    let mut found = Vec::new();
-                    for b in 0..(1u16 << bits) {
-                        s.ids_entries_of_bucket(slot, bits, b, |e| {
-                            assert_eq!((e[0] as u64 >> (64 - u32::from(bits))) as u16, b);
-                            found.push(e);
-                        });
-                    }
-                    found.sort_unstable();
-                    let mut want = all.clone();
-                    want.sort_unstable();
-                    assert_eq!(found, want, "{} ids, {bits} bits", all.len());
-                }
-            }
-        }
     }
 }

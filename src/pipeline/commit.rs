@@ -1,8 +1,9 @@
 //! Commits: what makes processed input count as done, under each guarantee.
 //!
 //! - **at_least_once**: every record produced carries, in its delivery opaque, the *epoch* (the
-//!   commit interval) it was sent in. A commit tick sends the changelog records of the interval
-//!   and closes the epoch with the input positions reached. A closed epoch's positions are
+//!   commit interval) it was sent in. A commit tick encodes the changelog records of the interval
+//!   (counted in the epoch; the committer thread produces them, see below) and closes the epoch
+//!   with the input positions reached. A closed epoch's positions are
 //!   committed, asynchronously, as soon as every record of it and of every earlier epoch is
 //!   acknowledged by the broker. So offsets never pass a record whose effects are not durable,
 //!   and the loop never waits for the broker in between (rust-rdkafka's example and Vector's
@@ -18,6 +19,12 @@
 //!   the coordinator, and the pipeline keeps consuming and scoring meanwhile. What it produces
 //!   meanwhile cannot join a transaction that is committing, so it is held ([`Deferred`]) and
 //!   sent into the next transaction as soon as this one is done, with the positions it covers.
+//!
+//! The changelog records of an interval are encoded on the pipeline thread (they read the
+//! engines, under their locks) into one [`ChangelogBatch`], and produced by the committer thread:
+//! a commit writes thousands of them, and handing each to librdkafka (a copy, an allocation, a
+//! lock the producer's broker thread also takes) held up the records behind the tick by
+//! milliseconds. Batches are produced in order, so a key's records stay in order.
 //!
 //! The producer is a `ThreadedProducer`: its own thread serves delivery reports, so the counts
 //! and the latency histogram are up to date without the pipeline polling, and transaction calls
@@ -158,6 +165,8 @@ struct Txn {
 /// A transaction handed to the committer thread: the input offsets it covers (and the group
 /// metadata to send them with), or an abort (the test hook, or no group metadata).
 struct CommitJob {
+    /// The changelog records of the transaction, produced before it commits.
+    changelog: ChangelogBatch,
     offsets: rdkafka::TopicPartitionList,
     group: Option<ConsumerGroupMetadata>,
     abort: bool,
@@ -174,19 +183,128 @@ struct CommitDone {
     started: Instant,
 }
 
-/// The committer thread: commits (or aborts) each transaction handed to it. Its calls block,
-/// which is why they run here and not on the pipeline thread; librdkafka's transactional API may
-/// be called from another thread than the one producing.
-fn run_commits(producer: Arc<OutputProducer>, jobs: Receiver<CommitJob>, done: Sender<CommitDone>) {
+/// What the committer thread is handed.
+enum Job {
+    /// Changelog records to produce (at-least-once: their epoch commits once they are all
+    /// acknowledged).
+    Changelog(ChangelogBatch),
+    /// Exactly-once: the transaction's changelog records to produce, then the commit (or abort).
+    Commit(CommitJob),
+}
+
+/// The committer thread: produces each changelog batch handed to it, and commits (or aborts)
+/// each transaction (exactly-once). Its calls block, which is why they run here and not on the
+/// pipeline thread; librdkafka's transactional API may be called from another thread than the
+/// one producing. Emptied batches go back to `spare` for the next interval.
+fn run_commits(
+    producer: Arc<OutputProducer>,
+    topic: String,
+    jobs: Receiver<Job>,
+    done: Sender<CommitDone>,
+    spare: Arc<Mutex<Vec<ChangelogBatch>>>,
+    pending: Arc<AtomicU64>,
+) {
+    let recycle = |mut batch: ChangelogBatch| {
+        batch.clear();
+        lock(&spare).push(batch);
+    };
     for job in jobs {
-        let result = if job.abort {
-            abort_txn(&producer).map(|()| false)
-        } else {
-            commit_txn(&producer, &job.offsets, job.group.as_ref())
-        };
-        let reply = CommitDone { result, offsets: job.offsets, since: job.since, started: job.started };
-        if done.send(reply).is_err() {
-            return;
+        match job {
+            Job::Changelog(batch) => {
+                batch.produce(&producer, &topic);
+                recycle(batch);
+                pending.fetch_sub(1, Ordering::Release);
+            }
+            Job::Commit(job) => {
+                let result = if job.abort {
+                    abort_txn(&producer).map(|()| false)
+                } else {
+                    job.changelog.produce(&producer, &topic);
+                    commit_txn(&producer, &job.offsets, job.group.as_ref())
+                };
+                recycle(job.changelog);
+                let reply = CommitDone { result, offsets: job.offsets, since: job.since, started: job.started };
+                if done.send(reply).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Changelog records encoded on the pipeline thread, to be produced on the committer thread:
+/// keys and values in one buffer.
+#[derive(Default)]
+pub(crate) struct ChangelogBatch {
+    data: Vec<u8>,
+    records: Vec<BatchRecord>,
+}
+
+struct BatchRecord {
+    /// The state topic's partition (the task).
+    partition: i32,
+    key_end: usize,
+    /// `None`: a tombstone.
+    value_end: Option<usize>,
+    opaque: usize,
+}
+
+impl ChangelogBatch {
+    fn push(&mut self, partition: i32, key: &[u8], value: Option<&[u8]>, opaque: usize) {
+        self.data.extend_from_slice(key);
+        let key_end = self.data.len();
+        let value_end = value.map(|v| {
+            self.data.extend_from_slice(v);
+            self.data.len()
+        });
+        self.records.push(BatchRecord { partition, key_end, value_end, opaque });
+    }
+
+    fn clear(&mut self) {
+        self.data.clear();
+        self.records.clear();
+    }
+
+    fn produce(&self, producer: &OutputProducer, topic: &str) {
+        let mut start = 0;
+        for r in &self.records {
+            let key = &self.data[start..r.key_end];
+            let record = BaseRecord::with_opaque_to(topic, r.opaque).partition(r.partition).key(key);
+            start = r.key_end;
+            match r.value_end {
+                Some(end) => {
+                    send(producer, record.payload(&self.data[r.key_end..end]));
+                    start = end;
+                }
+                None => send::<[u8], [u8]>(producer, record),
+            }
+        }
+    }
+}
+
+/// Sends a record, waiting for room when librdkafka's queue is full (back-pressure, not loss).
+fn send<K, P>(producer: &OutputProducer, mut record: BaseRecord<'_, K, P, usize>)
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                // The producer's thread serves deliveries meanwhile.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((e, r)) => {
+                // Invalid record or a fatal producer state: count it as a failed delivery so
+                // no commit passes it, and release its epoch (it gets no delivery report).
+                let ctx = producer.context();
+                ctx.failed.fetch_add(1, Ordering::Relaxed);
+                ctx.release(r.delivery_opaque);
+                warn!(error = %e, "produce failed");
+                return;
+            }
         }
     }
 }
@@ -344,7 +462,11 @@ pub struct Committer {
     /// A transaction is with the committer thread: records produced now are deferred.
     committing: AtomicBool,
     deferred: Mutex<Vec<Deferred>>,
-    jobs: Mutex<Option<Sender<CommitJob>>>,
+    jobs: Mutex<Option<Sender<Job>>>,
+    /// Emptied changelog batches, for reuse.
+    spare: Arc<Mutex<Vec<ChangelogBatch>>>,
+    /// Changelog batches handed to the committer thread and not produced yet (at-least-once).
+    pending_batches: Arc<AtomicU64>,
     done: Mutex<Receiver<CommitDone>>,
     /// The current epoch (at-least-once).
     epoch: AtomicU64,
@@ -372,11 +494,14 @@ impl Committer {
         let producer = Arc::new(producer);
         let (jobs, job_queue) = std::sync::mpsc::channel();
         let (done_tx, done) = std::sync::mpsc::channel();
-        if exactly_once {
-            let p = Arc::clone(&producer);
+        let spare = Arc::new(Mutex::new(Vec::new()));
+        let pending_batches = Arc::new(AtomicU64::new(0));
+        {
+            let (p, topic) = (Arc::clone(&producer), cfg.kafka.state_topic.clone());
+            let (spare, pending) = (Arc::clone(&spare), Arc::clone(&pending_batches));
             std::thread::Builder::new()
                 .name("leadscore-commit".into())
-                .spawn(move || run_commits(p, job_queue, done_tx))
+                .spawn(move || run_commits(p, topic, job_queue, done_tx, spare, pending))
                 .map_err(|e| PipelineError::Restore(format!("cannot start the committer thread: {e}")))?;
         }
         Ok(Committer {
@@ -392,6 +517,8 @@ impl Committer {
             committing: AtomicBool::new(false),
             deferred: Mutex::new(Vec::new()),
             jobs: Mutex::new(Some(jobs)),
+            spare,
+            pending_batches,
             done: Mutex::new(done),
             epoch: AtomicU64::new(0),
             epochs: Mutex::new(Epochs::default()),
@@ -446,30 +573,12 @@ impl Committer {
 
     /// Sends a record prepared with [`Committer::before_send`], waiting for room when
     /// librdkafka's queue is full (back-pressure, not loss).
-    pub(crate) fn send<K, P>(&self, mut record: BaseRecord<'_, K, P, usize>)
+    pub(crate) fn send<K, P>(&self, record: BaseRecord<'_, K, P, usize>)
     where
         K: rdkafka::message::ToBytes + ?Sized,
         P: rdkafka::message::ToBytes + ?Sized,
     {
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    // The producer's thread serves deliveries meanwhile.
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err((e, r)) => {
-                    // Invalid record or a fatal producer state: count it as a failed delivery so
-                    // no commit passes it, and release its epoch (it gets no delivery report).
-                    let ctx = self.producer.context();
-                    ctx.failed.fetch_add(1, Ordering::Relaxed);
-                    ctx.release(r.delivery_opaque);
-                    warn!(error = %e, "produce failed");
-                    return;
-                }
-            }
-        }
+        send(&self.producer, record);
     }
 
     /// Produces a record now, or holds it until the transaction being committed is done
@@ -509,19 +618,46 @@ impl Committer {
         self.send(record);
     }
 
-    /// Sends the changelog records of every change since the last commit.
-    fn send_changelog(&self) {
-        let topic = self.cfg.kafka.state_topic.as_str();
+    /// Encodes the changelog records of every change since the last commit into a batch, each
+    /// counted as sent now (in the current epoch, at-least-once), for the committer thread to
+    /// produce.
+    fn encode_changelog(&self) -> ChangelogBatch {
+        let mut batch = lock(&self.spare).pop().unwrap_or_default();
         let mut n = 0u64;
         self.shared.drain_changelog(|task, key, value| {
-            let record = BaseRecord::with_opaque_to(topic, self.before_send(None)).partition(task).key(key);
-            match value {
-                Some(v) => self.send(record.payload(v)),
-                None => self.send::<[u8], [u8]>(record),
-            }
+            batch.push(task, key, value, self.before_send(None));
             n += 1;
         });
         self.metrics.changelog_records.inc_by(n);
+        self.metrics.changelog_bytes.inc_by(batch.data.len() as u64);
+        batch
+    }
+
+    /// At-least-once: hands the changelog records of the interval to the committer thread.
+    fn send_changelog(&self) -> Result<(), PipelineError> {
+        let batch = self.encode_changelog();
+        if batch.records.is_empty() {
+            lock(&self.spare).push(batch);
+            return Ok(());
+        }
+        self.pending_batches.fetch_add(1, Ordering::Relaxed);
+        let sent = lock(&self.jobs).as_ref().is_some_and(|jobs| jobs.send(Job::Changelog(batch)).is_ok());
+        if !sent {
+            return Err(PipelineError::Restore("the committer thread is gone".into()));
+        }
+        Ok(())
+    }
+
+    /// At-least-once: waits until the committer thread has produced every batch handed to it.
+    fn wait_batches_sent(&self, timeout: Duration) -> Result<(), PipelineError> {
+        let deadline = Instant::now() + timeout;
+        while self.pending_batches.load(Ordering::Acquire) > 0 {
+            if Instant::now() >= deadline {
+                return Err(PipelineError::Flush(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)));
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        Ok(())
     }
 
     /// The periodic commit (every `commit_interval_ms`): never waits for the broker under
@@ -535,7 +671,7 @@ impl Committer {
             }
             return self.start_transaction_commit(consumer);
         }
-        self.send_changelog();
+        self.send_changelog()?;
         self.close_epoch();
         self.commit_delivered(consumer)?;
         Ok(Committed::Done)
@@ -553,8 +689,9 @@ impl Committer {
             return self.transaction_done(true);
         }
         let started = Instant::now();
-        self.send_changelog();
+        self.send_changelog()?;
         self.close_epoch();
+        self.wait_batches_sent(Duration::from_secs(60))?;
         wait_delivered(&self.producer, Duration::from_secs(60)).map_err(PipelineError::Flush)?;
         let failed = self.producer.context().failed.load(Ordering::Relaxed);
         if failed > 0 {
@@ -655,7 +792,7 @@ impl Committer {
             }
             self.begin(&mut txn)?;
         }
-        self.send_changelog();
+        let changelog = self.encode_changelog();
         let mut txn = lock(&self.txn);
         txn.attempts += 1;
         let mut abort = false;
@@ -673,8 +810,8 @@ impl Committer {
         txn.open = false;
         self.txn_open.store(false, Ordering::Relaxed);
         self.committing.store(true, Ordering::Relaxed);
-        let job = CommitJob { offsets, group, abort, since, started };
-        let sent = lock(&self.jobs).as_ref().is_some_and(|jobs| jobs.send(job).is_ok());
+        let job = CommitJob { changelog, offsets, group, abort, since, started };
+        let sent = lock(&self.jobs).as_ref().is_some_and(|jobs| jobs.send(Job::Commit(job)).is_ok());
         if !sent {
             return Err(PipelineError::Restore("the committer thread is gone".into()));
         }

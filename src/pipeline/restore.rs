@@ -290,7 +290,7 @@ fn restore_share(
         for e in engine.finish_restore() {
             damaged += 1;
             metrics.restore_errors.with_label_values(&[e.code()]).inc();
-            warn!(reason = e.code(), "state bucket record skipped");
+            warn!(reason = e.code(), "state segment record skipped");
         }
     }
     Ok((engines.into_iter().collect(), records, damaged))
