@@ -21,7 +21,7 @@
 //! u16  groups, each: str name, f64 total at tau
 //! u16  limits, each: str rule id, u64 window index, u16 matches in it
 //! u16  attributes (if flag 8), each: str name, u8 tag (0 absent, 1 string, 2 number, 3 bool,
-//!      4 array or object), then u32 length + UTF-8 bytes | f64 | u8
+//!      4 array or object, 5 integer), then u32 length + UTF-8 bytes | f64 | u8 | i64
 //! u32  event ids, each: u64 hash, i64 clock (the lead's clock after that event)
 //! u32  first segment, u32 next segment: the lead's other remembered ids are in its segment
 //!      records with sequence numbers first..next (none when equal)
@@ -56,6 +56,8 @@
 //! u8   version (1)
 //! u32  event ids, each: u64 hash, i64 clock
 //! ```
+
+use crate::model::Number;
 
 /// Current version of the lead record format.
 pub const VERSION: u8 = 2;
@@ -217,7 +219,9 @@ pub(crate) const HAS_ATTRIBUTES: u8 = 8;
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttrValue {
     Str(String),
-    Num(f64),
+    /// A number: an integer (tag 5) or a float (tag 2), so integers compare exactly after a
+    /// restore too.
+    Num(Number),
     Bool(bool),
     /// An array or object: only `exists` holds on it.
     Composite,
@@ -296,6 +300,20 @@ pub(crate) fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&s.as_bytes()[..len as usize]);
 }
 
+/// An attribute number: tag 5 and the integer, or tag 2 and the float.
+pub(crate) fn put_number(out: &mut Vec<u8>, n: Number) {
+    match n {
+        Number::Int(i) => {
+            out.push(5);
+            out.extend_from_slice(&i.to_le_bytes());
+        }
+        Number::Float(f) => {
+            out.push(2);
+            out.extend_from_slice(&f.to_bits().to_le_bytes());
+        }
+    }
+}
+
 pub(crate) fn count16(n: usize) -> [u8; 2] {
     u16::try_from(n).expect("at most 64 columns or attributes").to_le_bytes()
 }
@@ -345,10 +363,7 @@ pub fn encode_record(r: &LeadRecord, out: &mut Vec<u8>) {
                     out.extend_from_slice(&(s.len() as u32).to_le_bytes());
                     out.extend_from_slice(s.as_bytes());
                 }
-                Some(AttrValue::Num(n)) => {
-                    out.push(2);
-                    out.extend_from_slice(&n.to_bits().to_le_bytes());
-                }
+                Some(AttrValue::Num(n)) => put_number(out, *n),
                 Some(AttrValue::Bool(b)) => {
                     out.push(3);
                     out.push(u8::from(*b));
@@ -440,7 +455,7 @@ pub struct Header {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum AttrRef<'a> {
     Str(&'a str),
-    Num(f64),
+    Num(Number),
     Bool(bool),
     Composite,
 }
@@ -495,7 +510,8 @@ pub fn visit_record<'a>(value: &'a [u8], mut part: impl FnMut(Part<'a>)) -> Resu
                     let len = c.u32()? as usize;
                     Some(AttrRef::Str(c.text(len)?))
                 }
-                2 => Some(AttrRef::Num(c.f64()?)),
+                2 => Some(AttrRef::Num(Number::Float(c.f64()?))),
+                5 => Some(AttrRef::Num(Number::Int(c.i64()?))),
                 3 => Some(AttrRef::Bool(c.u8()? != 0)),
                 4 => Some(AttrRef::Composite),
                 tag => return Err(ChangelogError::BadTag(tag)),
@@ -576,7 +592,8 @@ mod tests {
             limits: vec![("pricing_page".into(), 490_000, 3)],
             attributes: Some(vec![
                 ("job_title".into(), Some(AttrValue::Str("VP Sales – EMEA".into()))),
-                ("company_size".into(), Some(AttrValue::Num(250.0))),
+                ("company_size".into(), Some(AttrValue::Num(Number::Int(250)))),
+                ("score".into(), Some(AttrValue::Num(Number::Float(-0.5)))),
                 ("verified".into(), Some(AttrValue::Bool(true))),
                 ("tags".into(), Some(AttrValue::Composite)),
                 ("country".into(), None),

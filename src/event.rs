@@ -372,7 +372,7 @@ fn known_value(raw: RawValue<'_>) -> Option<Value<'_>> {
 fn scalar_value(raw: &str) -> Option<Value<'_>> {
     Some(match json::kind(raw)? {
         Kind::String => return None,
-        Kind::Number => Value::Num(raw.parse::<f64>().ok()?),
+        Kind::Number => Value::Num(crate::model::Number::parse_json(raw)?),
         Kind::Bool => Value::Bool(raw.starts_with('t')),
         Kind::Array | Kind::Object => Value::Composite,
         Kind::Null => return None,
@@ -553,7 +553,7 @@ mod tests {
         let e = dec(s).unwrap();
         let p = e.properties.unwrap();
         assert_eq!(p.get(&["a"]), Some(Value::Str(Cow::Owned("x\u{FFFD}y".into()))));
-        assert_eq!(p.get(&["\u{FFFD}"]), Some(Value::Num(1.0)));
+        assert_eq!(p.get(&["\u{FFFD}"]), Some(Value::Num(1.0.into())));
         // In the timestamp it is not invalid_json but an invalid timestamp.
         assert_eq!(reason(&with_ts(r#""\uD800""#)), RejectReason::InvalidTimestamp);
         // A repeated key: only the last occurrence is the field.
@@ -727,16 +727,16 @@ mod tests {
             r#"{"s":"a\nb","n":-1.5e3,"i":42,"t":true,"f":false,"z":null,"a":[1],"o":{"k":{"m":"deep"}},"big":1e400,"s":"last"}"#,
         );
         assert_eq!(p.get(&["s"]), Some(Value::Str(Cow::Borrowed("last"))));
-        assert_eq!(p.get(&["n"]), Some(Value::Num(-1500.0)));
-        assert_eq!(p.get(&["i"]), Some(Value::Num(42.0)));
+        assert_eq!(p.get(&["n"]), Some(Value::Num((-1500.0).into())));
+        assert_eq!(p.get(&["i"]), Some(Value::Num(42.0.into())));
         assert_eq!(p.get(&["t"]), Some(Value::Bool(true)));
         assert_eq!(p.get(&["f"]), Some(Value::Bool(false)));
         assert_eq!(p.get(&["z"]), None);
         assert_eq!(p.get(&["a"]), Some(Value::Composite));
         assert_eq!(p.get(&["o", "k", "m"]), Some(Value::Str(Cow::Borrowed("deep"))));
         assert_eq!(p.get(&["o", "k", "m", "x"]), None);
-        assert_eq!(p.get(&["big"]), Some(Value::Num(f64::INFINITY)));
-        assert_eq!(Properties::new_unchecked(r#"{"x":0.1}"#).get(&["x"]), Some(Value::Num(0.1)));
+        assert_eq!(p.get(&["big"]), Some(Value::Num(f64::INFINITY.into())));
+        assert_eq!(Properties::new_unchecked(r#"{"x":0.1}"#).get(&["x"]), Some(Value::Num(0.1.into())));
         let mut seen = Vec::new();
         p.for_each_entry(|k, v| seen.push((k.into_owned(), v.map(|v| format!("{v:?}")))));
         let keys: Vec<_> = seen.iter().map(|(k, _)| k.as_str()).collect();

@@ -14,12 +14,13 @@
 //! moves to the final watermark.
 
 use std::borrow::Cow;
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use leadscore::engine::{Applied, Breakdown, Engine, Transition, TransitionKind, Trigger};
 use leadscore::event::{LeadEvent, Properties};
-use leadscore::model::{Condition, FitRule, Group, Limit, Model, Op, Rule, Scalar, Test};
+use leadscore::model::{Condition, FitRule, Group, Limit, Model, Number, Op, Rule, Scalar, Test};
 use leadscore::time::MAX_TIMESTAMP_MS;
 use proptest::prelude::*;
 use serde_json::Value as Json;
@@ -122,12 +123,44 @@ fn lookup<'a>(props: Option<&'a Json>, path: &[String]) -> Option<&'a Json> {
     (!cur.is_null()).then_some(cur)
 }
 
+/// 2^53: integers above it are not all floats.
+const BIG: i64 = 1 << 53;
+
 fn scalar_equals(s: &Scalar, v: &Json) -> bool {
     match (s, v) {
         (Scalar::Str(a), Json::String(b)) => a == b,
-        (Scalar::Num(a), Json::Number(b)) => Some(*a) == b.as_f64(),
+        (Scalar::Num(a), Json::Number(b)) => num_cmp(*a, b) == Some(Ordering::Equal),
         (Scalar::Bool(a), Json::Bool(b)) => a == b,
         _ => false,
+    }
+}
+
+/// A model number against a JSON number by mathematical value, as Python compares an `int`
+/// and a `float`: through `i128` and the float's floor, not through `f64` (which cannot tell
+/// 2^53 + 1 from 2^53). JSON integers beyond 64 bits are read as floats (documented).
+fn num_cmp(a: Number, b: &serde_json::Number) -> Option<Ordering> {
+    let b = match b.as_i64() {
+        Some(i) => Number::Int(i),
+        None => Number::Float(b.as_f64()?),
+    };
+    let int_float = |i: i64, f: f64| -> Option<Ordering> {
+        if f.is_nan() {
+            return None;
+        }
+        if f >= 1.8446744073709552e19 {
+            return Some(Ordering::Less);
+        }
+        if f <= -1.8446744073709552e19 {
+            return Some(Ordering::Greater);
+        }
+        let floor = f.floor();
+        Some(i128::from(i).cmp(&(floor as i128)).then(if f > floor { Ordering::Less } else { Ordering::Equal }))
+    };
+    match (a, b) {
+        (Number::Int(x), Number::Int(y)) => Some(x.cmp(&y)),
+        (Number::Float(x), Number::Float(y)) => x.partial_cmp(&y),
+        (Number::Int(x), Number::Float(y)) => int_float(x, y),
+        (Number::Float(x), Number::Int(y)) => int_float(y, x).map(Ordering::reverse),
     }
 }
 
@@ -142,7 +175,10 @@ fn op_holds(op: &Op, v: Option<&Json>) -> bool {
         (Op::Prefix(p), Some(Json::String(s))) => s.starts_with(p.as_str()),
         (Op::Contains(p), Some(Json::String(s))) => s.contains(p.as_str()),
         (Op::Matches(re), Some(Json::String(s))) => re.is_match(s),
-        (Op::Between(lo, hi), Some(Json::Number(n))) => n.as_f64().is_some_and(|n| *lo <= n && n <= *hi),
+        (Op::Between(lo, hi), Some(Json::Number(n))) => {
+            num_cmp(*lo, n).is_some_and(|o| o != Ordering::Greater)
+                && num_cmp(*hi, n).is_some_and(|o| o != Ordering::Less)
+        }
         _ => false,
     }
 }
@@ -586,10 +622,21 @@ fn arb_condition() -> impl Strategy<Value = Condition> {
         Just(cond("path", Op::Equals(Scalar::Str("/docs".into())))),
         Just(cond("path", Op::Exists(false))),
         Just(cond("n", Op::Exists(true))),
-        (-2i32..10, 0i32..6).prop_map(|(lo, w)| cond("n", Op::Between(f64::from(lo), f64::from(lo + w)))),
-        (-2i32..12).prop_map(|v| cond("n", Op::Equals(Scalar::Num(f64::from(v))))),
-        Just(cond("n", Op::In(vec![Scalar::Num(3.0), Scalar::Num(4.5), Scalar::Str("/docs".into())]))),
-        Just(cond("path", Op::In(vec![Scalar::Num(3.0), Scalar::Str("/docs".into()), Scalar::Str("/blog".into())]))),
+        (-2i64..10, 0i64..6)
+            .prop_map(|(lo, w)| cond("n", Op::Between(Number::Int(lo), Number::Float((lo + w) as f64)))),
+        (-2i64..12).prop_map(|v| cond("n", Op::Equals(Scalar::Num(Number::Int(v))))),
+        Just(cond(
+            "n",
+            Op::In(vec![Scalar::Num(Number::Float(3.0)), Scalar::Num(4.5.into()), Scalar::Str("/docs".into())])
+        )),
+        Just(cond(
+            "path",
+            Op::In(vec![Scalar::Num(3.0.into()), Scalar::Str("/docs".into()), Scalar::Str("/blog".into())])
+        )),
+        // Integers beyond 2^53 compare exactly, with each other and with floats.
+        Just(cond("n", Op::Equals(Scalar::Num(Number::Int(BIG + 1))))),
+        Just(cond("n", Op::Equals(Scalar::Num(Number::Float(BIG as f64))))),
+        Just(cond("n", Op::Between(Number::Float(BIG as f64), Number::Int(BIG + 1)))),
         Just(cond("utm.source", Op::Equals(Scalar::Str("google".into())))),
         Just(cond("utm", Op::Exists(true))),
     ]
@@ -645,7 +692,7 @@ fn arb_fit() -> impl Strategy<Value = FitRule> {
         Just(Op::Exists(true)),
         Just(Op::Exists(false)),
         Just(Op::Prefix("VP".into())),
-        Just(Op::Between(5.0, 10.0)),
+        Just(Op::Between(Number::Int(5), Number::Float(10.0))),
     ];
     (op, arb_points()).prop_map(|(op, points)| FitRule {
         id: String::new(),
@@ -728,7 +775,7 @@ struct EvGen {
 struct PropsGen {
     /// An index into `PATHS`.
     path: Option<usize>,
-    /// `n / 2` as a number, except 23: the string "3".
+    /// `n / 2` as a number, except 23: the string "3"; 24, 25 and 26: 2^53 + 1, 2^53 and 2^53.0.
     n: Option<i32>,
     /// 0..4 a string of `TITLES`, 4 the number 7, 5 `null`, 6 an array.
     title: Option<u8>,
@@ -760,7 +807,7 @@ fn arb_ev_gen(allow_back: bool) -> impl Strategy<Value = EvGen> {
         0.7,
         (
             prop::option::of(0..PATHS.len()),
-            prop::option::of(-4i32..24),
+            prop::option::of(-4i32..27),
             prop::option::weighted(0.5, 0u8..7),
             prop::option::weighted(0.3, 0u8..3),
         )
@@ -784,6 +831,15 @@ fn build_events(n_leads: usize, gens: &[EvGen], with_ids: bool) -> Vec<Ev> {
             match n {
                 Some(23) => {
                     o.insert("n".into(), Json::from("3"));
+                }
+                Some(24) => {
+                    o.insert("n".into(), Json::from(BIG + 1));
+                }
+                Some(25) => {
+                    o.insert("n".into(), Json::from(BIG));
+                }
+                Some(26) => {
+                    o.insert("n".into(), Json::from(BIG as f64));
                 }
                 Some(n) if n % 2 == 0 => {
                     o.insert("n".into(), Json::from(n / 2));

@@ -193,7 +193,7 @@ impl ExactSum {
 #[derive(Debug, Clone, PartialEq)]
 enum Attr {
     Str(Box<str>),
-    Num(f64),
+    Num(crate::model::Number),
     Bool(bool),
     Composite,
 }

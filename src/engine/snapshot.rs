@@ -209,10 +209,7 @@ impl Engine {
                         out.extend_from_slice(&(s.len() as u32).to_le_bytes());
                         out.extend_from_slice(s.as_bytes());
                     }
-                    Some(Attr::Num(n)) => {
-                        out.push(2);
-                        out.extend_from_slice(&n.to_bits().to_le_bytes());
-                    }
+                    Some(Attr::Num(n)) => crate::changelog::put_number(out, *n),
                     Some(Attr::Bool(b)) => {
                         out.push(3);
                         out.push(u8::from(*b));

@@ -13,7 +13,7 @@ use std::ops::Range;
 
 use toml_edit::{Document, Item, TableLike, Value};
 
-use super::{Condition, FitRule, Group, Limit, Model, Op, Rule, Scalar, Test};
+use super::{Condition, FitRule, Group, Limit, Model, Number, Op, Rule, Scalar, Test};
 use crate::time::parse_duration_ms;
 
 /// One error in a model file, with its location.
@@ -132,6 +132,14 @@ impl Ent<'_> {
     fn key_span(&self) -> Span {
         self.key_span.clone().or_else(|| self.item.span())
     }
+}
+
+/// A `when` key whose value TOML built from an unquoted dotted key (`properties.path = ...` is
+/// the table `properties` holding `path`): the path and the operators cannot be told apart. A
+/// quoted path whose operators are written as dotted keys (`"properties.path".prefix = ...`) is
+/// an ordinary table of operators.
+fn is_nested_path(key: &str, e: &Ent<'_>) -> bool {
+    e.item.as_table_like().is_some_and(|t| t.is_dotted()) && !key.starts_with("properties.")
 }
 
 fn entries<'d>(t: &Tab<'d>) -> Vec<(&'d str, Ent<'d>)> {
@@ -323,7 +331,7 @@ impl<'s> Checker<'s> {
 
     fn number(&mut self, e: &Ent<'_>) -> Option<f64> {
         match e.item {
-            Item::Value(v) => self.number_value(v, e.span(), &e.path),
+            Item::Value(v) => self.number_value(v, e.span(), &e.path).map(Number::to_f64),
             _ => {
                 self.type_error(e, "a number");
                 None
@@ -331,12 +339,12 @@ impl<'s> Checker<'s> {
         }
     }
 
-    /// An integer or a finite float, as `f64` (TOML integers are numbers wherever one is expected).
-    fn number_value(&mut self, v: &Value, fallback: Span, path: &str) -> Option<f64> {
+    /// An integer or a finite float (TOML integers are numbers wherever one is expected).
+    fn number_value(&mut self, v: &Value, fallback: Span, path: &str) -> Option<Number> {
         let span = v.span().or(fallback);
         match v {
-            Value::Integer(i) => Some(*i.value() as f64),
-            Value::Float(f) if f.value().is_finite() => Some(*f.value()),
+            Value::Integer(i) => Some(Number::Int(*i.value())),
+            Value::Float(f) if f.value().is_finite() => Some(Number::Float(*f.value())),
             Value::Float(f) => {
                 self.error(span, path, format!("expected a finite number, found {}", f.value()));
                 None
@@ -665,9 +673,9 @@ impl<'s> Checker<'s> {
         };
         let mut conditions = Vec::new();
         for (k, ce) in entries(&t) {
-            let dotted = ce.item.as_table_like().is_some_and(|t| t.is_dotted());
+            let nested = is_nested_path(k, &ce);
             let path = self.condition_path(k, &ce);
-            if dotted {
+            if nested {
                 // Its value is TOML's nesting of the dotted key, not a table of operators.
                 continue;
             }
@@ -680,7 +688,7 @@ impl<'s> Checker<'s> {
     }
 
     fn condition_path(&mut self, key: &str, e: &Ent<'_>) -> Option<Vec<String>> {
-        if e.item.as_table_like().is_some_and(|t| t.is_dotted()) {
+        if is_nested_path(key, e) {
             // `properties.path = ...` unquoted is a dotted key: TOML nests it, so the path and the
             // operators would be indistinguishable. Ask for the quoted form instead of guessing.
             let msg = "a condition path is one quoted key: write \"properties.path\" = ..., with the quotes";
@@ -803,7 +811,7 @@ impl<'s> Checker<'s> {
                 let lo = self.number_value(a.get(0)?, e.span(), &format!("{}[0]", e.path));
                 let hi = self.number_value(a.get(1)?, e.span(), &format!("{}[1]", e.path));
                 let (lo, hi) = (lo?, hi?);
-                if lo > hi {
+                if lo.cmp_value(hi) == Some(std::cmp::Ordering::Greater) {
                     let msg = format!("between = [{lo}, {hi}] is empty: lo must not be greater than hi");
                     self.error(e.span(), &e.path, msg);
                     return None;
@@ -1237,18 +1245,18 @@ points = 1
             got,
             [
                 (vec!["a".to_string()], Scalar::Str("x".into())),
-                (vec!["b".to_string(), "c".to_string()], Scalar::Num(3.0)),
-                (vec!["d".to_string()], Scalar::Num(2.5)),
+                (vec!["b".to_string(), "c".to_string()], Scalar::Num(Number::Int(3))),
+                (vec!["d".to_string()], Scalar::Num(Number::Float(2.5))),
                 (vec!["e".to_string()], Scalar::Bool(true)),
             ]
         );
         // An int compiled as a number equals a JSON 3.0, never a string "3".
         let t = &c[1].test;
-        assert!(t.holds(Some(&super::super::Value::Num(3.0))));
+        assert!(t.holds(Some(&super::super::Value::Num(3.0.into()))));
         assert!(!t.holds(Some(&super::super::Value::Str("3".into()))));
         let c = when_ops("{ \"properties.n\" = { between = [1, 2.5], equals = 2 } }");
         assert!(
-            matches!(c[0].test.ops[..], [Op::Between(lo, hi), Op::Equals(Scalar::Num(n))] if lo == 1.0 && hi == 2.5 && n == 2.0)
+            matches!(c[0].test.ops[..], [Op::Between(lo, hi), Op::Equals(Scalar::Num(n))] if lo == 1.0.into() && hi == 2.5.into() && n == 2.0.into())
         );
     }
 
@@ -1264,12 +1272,20 @@ points = 1
         assert!(p.holds(Some(&super::super::Value::Str("/a-b".into()))));
         assert!(!p.holds(Some(&super::super::Value::Str("/a-c".into()))));
         assert!(
-            matches!(&c[1].test.ops[..], [Op::In(v)] if v == &[Scalar::Str("x".into()), Scalar::Num(1.0), Scalar::Bool(false)])
+            matches!(&c[1].test.ops[..], [Op::In(v)] if v == &[Scalar::Str("x".into()), Scalar::Num(1.0.into()), Scalar::Bool(false)])
         );
         assert!(c[2].test.holds(None));
         // [rule.when."properties.x"] sub-tables are the same as inline ones.
         let m = ok(&format!("{HEAD}{}", rule_tail("[rule.when.\"properties.x\"]\nequals = \"y\"")));
         assert_eq!(m.rules[0].when[0].path, ["x"]);
+        // A quoted path's operators written as dotted keys are the same table too (TOML reads
+        // `"properties.p".prefix = "/a"` as `"properties.p" = { prefix = "/a" }`).
+        let c = when_ops("{ \"properties.p\".prefix = \"/a\", \"properties.q\".between = [1, 5] }");
+        assert_eq!((c.len(), &c[0].path[..], &c[1].path[..]), (2, &["p".to_string()][..], &["q".to_string()][..]));
+        assert!(matches!(&c[0].test.ops[..], [Op::Prefix(p)] if p == "/a"));
+        assert!(matches!(c[1].test.ops[..], [Op::Between(lo, hi)] if lo == Number::Int(1) && hi == Number::Int(5)));
+        let m = ok(&format!("{HEAD}{}", rule_tail("when.\"properties.x\".exists = true")));
+        assert!(m.rules[0].when[0].test.holds(Some(&super::super::Value::Bool(false))));
     }
 
     #[test]
