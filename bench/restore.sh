@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Restore speed of the state changelog (issue 4, "Speed"; recorded in docs/performance-kafka.md).
+# Restore speed of the state changelog (issue 4, "Speed"; recorded in docs/performance.md).
 #
 #   bench/restore.sh            LEADS=10000000 PARTITIONS=6
 #

@@ -74,6 +74,9 @@ pub const SEGMENT_IDS: usize = 16;
 /// Most ids in one segment record (64 KiB of them): more sealed at once go into several.
 pub const SEGMENT_MAX_IDS: usize = 4096;
 
+/// Most live segments a record may name (2^24: 268M ids in one lead's dedup window).
+pub const MAX_LIVE_SEGMENTS: u32 = 1 << 24;
+
 /// Most bucket bits of a version 1 record: 65,536 buckets of a lead.
 pub const MAX_BUCKET_BITS: u8 = 16;
 
@@ -273,7 +276,7 @@ pub enum ChangelogError {
     BadTag(u8),
     #[error("state record key is not a valid lead id")]
     BadKey,
-    #[error("state record names segments first..next with first > next")]
+    #[error("state record names segments first..next with first > next, or too many")]
     BadSegments,
 }
 
@@ -531,7 +534,9 @@ pub fn visit_record<'a>(value: &'a [u8], mut part: impl FnMut(Part<'a>)) -> Resu
         }
     } else {
         id_segments = (c.u32()?, c.u32()?);
-        if id_segments.0 > id_segments.1 {
+        // A lead has at most one segment per SEGMENT_IDS ids of a dedup window: far fewer than
+        // this bound, which keeps a damaged record from making a restore allocate gigabytes.
+        if id_segments.0 > id_segments.1 || id_segments.1 - id_segments.0 > MAX_LIVE_SEGMENTS {
             return Err(ChangelogError::BadSegments);
         }
     }
@@ -760,9 +765,11 @@ mod tests {
         let mut newer = buf.clone();
         newer[0] = 3;
         assert_eq!(decode_record(&newer), Err(ChangelogError::UnknownVersion(3)));
-        let mut backwards = Vec::new();
-        encode_record(&LeadRecord { id_segments: (7, 3), ..sample() }, &mut backwards);
-        assert_eq!(decode_record(&backwards), Err(ChangelogError::BadSegments));
+        for bad in [(7, 3), (0, u32::MAX)] {
+            let mut v = Vec::new();
+            encode_record(&LeadRecord { id_segments: bad, ..sample() }, &mut v);
+            assert_eq!(decode_record(&v), Err(ChangelogError::BadSegments), "{bad:?}");
+        }
         // Any byte flipped: an error or some record, never a panic.
         for i in 0..buf.len() {
             let mut b = buf.clone();

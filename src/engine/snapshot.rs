@@ -375,7 +375,10 @@ impl Engine {
     /// Sets a lead's whole state from a record. Columns the current model does not have (a
     /// group or limited rule since removed) are dropped; fit points are recomputed from the
     /// attributes under the current model. Not journaled: the record is already in the log.
+    /// `r` must hold all the lead's ids itself (`id_segments` empty), as [`Engine::export_lead`]
+    /// and [`crate::changelog::assemble`] give them: segments are only read by a restore.
     pub fn import_lead(&mut self, lead_id: &str, r: &LeadRecord) {
+        assert_eq!(r.id_segments.0, r.id_segments.1, "import_lead takes a record with its ids inline");
         let mut buf = Vec::new();
         encode_record(r, &mut buf);
         self.import_record(lead_id, &buf).expect("an encoded record decodes");

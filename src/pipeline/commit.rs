@@ -206,7 +206,12 @@ fn run_commits(
 ) {
     let recycle = |mut batch: ChangelogBatch| {
         batch.clear();
-        lock(&spare).push(batch);
+        // A few are enough to reuse (one being encoded, one being produced); more would only
+        // keep the peak of a catch-up burst allocated.
+        let mut spare = lock(&spare);
+        if spare.len() < 2 {
+            spare.push(batch);
+        }
     };
     for job in jobs {
         match job {
@@ -348,6 +353,12 @@ fn commit_txn(
     // rust-rdkafka's commit_transaction flushes first, in 100 ms poll slices that always run to
     // their end; with everything delivered already its flush returns at once.
     let _ = wait_delivered(producer, TXN_TIMEOUT);
+    if producer.context().failed.load(Ordering::Acquire) > 0 {
+        // A record librdkafka refused at send (it gets no delivery report, so the transaction
+        // would not fail by itself): committing would lose it.
+        warn!("a record of the transaction could not be sent; aborting the transaction");
+        return abort_txn(producer).map(|()| false);
+    }
     loop {
         match producer.commit_transaction(TXN_TIMEOUT) {
             Ok(()) => return Ok(true),
