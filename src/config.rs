@@ -35,6 +35,10 @@ pub const RESERVED_ENV_VARS: &[&str] = &["LEADSCORE_LOG", "LEADSCORE_CONFIG", "L
 /// Prefix of the environment variables that set librdkafka properties.
 pub const LIBRDKAFKA_ENV_PREFIX: &str = "LEADSCORE_LIBRDKAFKA_";
 
+/// The same, spelled after the table's place in the file (`[kafka.librdkafka]`), as every other
+/// key's variable is: both are accepted.
+pub const KAFKA_LIBRDKAFKA_ENV_PREFIX: &str = "LEADSCORE_KAFKA_LIBRDKAFKA_";
+
 /// Substrings of librdkafka property names whose values are secrets (matched case-insensitively).
 /// Deliberately broad (`key` also hides `ssl.key.location`): redacting a path costs nothing,
 /// leaking an inline PEM key costs a rotation.
@@ -558,11 +562,12 @@ pub const ENV_VARS: &[&str] = &[
     "LEADSCORE_INPUT_MAX_FUTURE_SKEW",
 ];
 
-/// The librdkafka property a `LEADSCORE_LIBRDKAFKA_<KEY>` variable sets: `<KEY>` lowercased,
-/// `_` becoming `.` and `__` becoming a literal `_` (`SASL_PASSWORD` → `sasl.password`).
-/// `None` when `var` does not have the prefix or names no property.
+/// The librdkafka property a `LEADSCORE_LIBRDKAFKA_<KEY>` (or `LEADSCORE_KAFKA_LIBRDKAFKA_<KEY>`)
+/// variable sets: `<KEY>` lowercased, `_` becoming `.` and `__` becoming a literal `_`
+/// (`SASL_PASSWORD` → `sasl.password`). `None` when `var` has neither prefix or names no
+/// property.
 pub fn librdkafka_key_from_env(var: &str) -> Option<String> {
-    let rest = var.strip_prefix(LIBRDKAFKA_ENV_PREFIX)?;
+    let rest = var.strip_prefix(LIBRDKAFKA_ENV_PREFIX).or_else(|| var.strip_prefix(KAFKA_LIBRDKAFKA_ENV_PREFIX))?;
     if rest.is_empty() {
         return None;
     }
@@ -633,7 +638,7 @@ impl Config {
             if RESERVED_ENV_VARS.contains(&var.as_str()) {
                 continue;
             }
-            if var.starts_with(LIBRDKAFKA_ENV_PREFIX) {
+            if var.starts_with(LIBRDKAFKA_ENV_PREFIX) || var.starts_with(KAFKA_LIBRDKAFKA_ENV_PREFIX) {
                 match librdkafka_key_from_env(var) {
                     Some(key) => {
                         self.kafka.librdkafka.insert(key, value.clone());
@@ -1103,6 +1108,7 @@ sasl.username = "svc"
             ("LEADSCORE_LIBRDKAFKA_SASL_PASSWORD", "hunter2"),
             ("LEADSCORE_LIBRDKAFKA_FETCH_WAIT_MAX_MS", "5"),
             ("LEADSCORE_LIBRDKAFKA_SOME__UNDERSCORED_KEY", "v"),
+            ("LEADSCORE_KAFKA_LIBRDKAFKA_CLIENT_RACK", "r1"),
         ]);
         let c = load_text(file, &e, &Overrides::default()).unwrap();
         let expected: BTreeMap<String, String> = [
@@ -1112,6 +1118,7 @@ sasl.username = "svc"
             ("sasl.password", "hunter2"),
             ("sasl.username", "svc"),
             ("security.protocol", "SASL_SSL"),
+            ("client.rack", "r1"),
             ("some_underscored.key", "v"),
             ("statistics.interval.ms", "0"),
         ]
@@ -1121,6 +1128,7 @@ sasl.username = "svc"
         assert_eq!(c.kafka.librdkafka, expected);
         assert_eq!(librdkafka_key_from_env("LEADSCORE_LIBRDKAFKA_SSL_KEY_PEM").as_deref(), Some("ssl.key.pem"));
         assert_eq!(librdkafka_key_from_env("LEADSCORE_KAFKA_BROKERS"), None);
+        assert_eq!(librdkafka_key_from_env("LEADSCORE_KAFKA_LIBRDKAFKA_"), None);
     }
 
     #[test]

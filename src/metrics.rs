@@ -126,6 +126,9 @@ pub struct Metrics {
     pub rejected: IntCounterVec,
     /// `leadscore_transitions_total{model,kind}`.
     pub transitions: IntCounterVec,
+    /// `leadscore_rule_matches_total{model,rule}`: events that scored a rule's points (rule ids
+    /// come from the model: a bounded label).
+    pub rule_matches: IntCounterVec,
     /// `leadscore_event_processing_seconds`: from receiving a record to having applied it.
     pub processing: Histogram,
     /// `leadscore_transition_latency_seconds`: input record timestamp to the transition's delivery.
@@ -168,6 +171,11 @@ impl Metrics {
             counter_vec("leadscore_events_total", "Valid events consumed, by type (unknown types: other).", &["type"]);
         let rejected = counter_vec("leadscore_events_rejected_total", "Rejected records, by reason.", &["reason"]);
         let transitions = counter_vec("leadscore_transitions_total", "Transitions published.", &["model", "kind"]);
+        let rule_matches = counter_vec(
+            "leadscore_rule_matches_total",
+            "Events that scored a rule's points (matched, within its limit), by rule id.",
+            &["model", "rule"],
+        );
         let commits = counter_vec("leadscore_commits_total", "Offset commits or transactions, by result.", &["result"]);
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
             let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid histogram");
@@ -247,11 +255,15 @@ impl Metrics {
         for k in [TransitionKind::Qualified, TransitionKind::Disqualified] {
             transitions.with_label_values(&[model.name.as_str(), k.label()]);
         }
+        for r in &model.rules {
+            rule_matches.with_label_values(&[model.name.as_str(), r.id.as_str()]);
+        }
         Metrics {
             registry,
             events,
             rejected,
             transitions,
+            rule_matches,
             processing,
             transition_latency,
             dead_letters,
@@ -339,6 +351,7 @@ mod tests {
             "leadscore_events_total{type=\"other\"} 1",
             "leadscore_events_rejected_total{reason=\"invalid_json\"} 0",
             "leadscore_transitions_total{kind=\"qualified\",model=\"default\"} 0",
+            "leadscore_rule_matches_total{model=\"default\",rule=\"pricing_page\"} 0",
             "leadscore_event_processing_seconds_bucket",
             "leadscore_transition_latency_seconds_bucket",
         ] {

@@ -59,8 +59,12 @@ pub struct Summary {
     pub transitions: u64,
     /// Mean score of tracked leads at the final watermark (0 with no leads).
     pub average_score: f64,
-    /// The final watermark, RFC 3339; `null` when no event was accepted.
+    /// The final watermark, RFC 3339 (`--until` when later); `null` when no event was accepted
+    /// and no `--until` was given.
     pub at: Option<String>,
+    /// Events that scored each rule's points (matched, within its limit), by rule id: which
+    /// rules a backtested model leans on.
+    pub rule_matches: std::collections::BTreeMap<String, u64>,
 }
 
 /// JSON lines read into one buffer a batch at a time and decoded where they are (no copy per
@@ -268,6 +272,9 @@ pub fn replay(
     sink.out.flush()?;
     let transitions = sink.transitions;
     let totals = end.map(|e| engine.totals(e)).unwrap_or_default();
+    let mut rule_matches: std::collections::BTreeMap<String, u64> =
+        model.rules.iter().map(|r| (r.id.clone(), 0)).collect();
+    engine.take_rule_matches(|r, n| *rule_matches.get_mut(&model.rules[r].id).expect("every rule listed") += n);
     Ok(Summary {
         model: model.name.clone(),
         model_version: model.version.clone(),
@@ -279,6 +286,7 @@ pub fn replay(
         transitions,
         average_score: totals.average(),
         at: end.map(format_rfc3339_ms),
+        rule_matches,
     })
 }
 

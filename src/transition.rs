@@ -80,6 +80,10 @@ pub fn write_json(out: &mut Vec<u8>, model: &Model, t: &Transition) {
     });
     out.extend_from_slice(b"},\"fit_rules\":[");
     write_list(out, b.fit_rules.iter(), |out, &f| write_str(out, &model.fits[f].id));
+    // The rules the trigger scored (none for a decay-driven transition).
+    out.extend_from_slice(b"],\"rules\":[");
+    let rules = t.trigger.as_ref().map_or(&[][..], |trigger| &trigger.rules[..]);
+    write_list(out, rules.iter(), |out, &r| write_str(out, &model.rules[r].id));
     out.extend_from_slice(b"]}}");
 }
 

@@ -347,6 +347,18 @@ impl State {
     }
 }
 
+/// The rules whose points the last event of `history` scored: those it matches, within their
+/// limit, in file order (the breakdown's `rules`).
+fn scored_rules(model: &Model, history: &[Remembered]) -> Vec<usize> {
+    let (ev, earlier) = history.split_last().expect("a history holds the event");
+    (0..model.rules.len())
+        .filter(|&r| {
+            let rule = &model.rules[r];
+            ev.matches(rule) && rule.limit.is_none_or(|limit| limit_allows(rule, limit, earlier, ev.t))
+        })
+        .collect()
+}
+
 /// "a rule with a limit scores only the first count matches per lead in each window
 /// [k·per, (k+1)·per) of event time ...; further matches, and matches in a window older than the
 /// newest one seen for that lead and rule, score 0". `earlier` is the lead's history before this
@@ -450,7 +462,11 @@ impl Naive {
                 at_ms: a,
                 score,
                 threshold: threshold(&model, kind),
-                trigger: Some(Trigger { event_id: ev.event_id.clone(), event_type: ev.ty.clone() }),
+                trigger: Some(Trigger {
+                    event_id: ev.event_id.clone(),
+                    event_type: ev.ty.clone(),
+                    rules: scored_rules(&model, &lead.history),
+                }),
                 breakdown: s.breakdown(&model, a),
             });
         }
@@ -1128,7 +1144,7 @@ fn qualifies_on_the_event_that_crosses() {
             at_ms: T0 + 1_000,
             score,
             threshold: 60.0,
-            trigger: Some(Trigger { event_id: Some("e2".into()), event_type: "visit".into() }),
+            trigger: Some(Trigger { event_id: Some("e2".into()), event_type: "visit".into(), rules: vec![0] }),
             breakdown: Breakdown { fit: 0.0, fixed: 0.0, engagement: score, groups: vec![], fit_rules: vec![] },
         }]
     );

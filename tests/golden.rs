@@ -184,7 +184,7 @@ fn assert_field_order(line: &str) {
     );
     assert_eq!(
         keys(field(&j, "breakdown")),
-        ["fit", "fixed", "engagement", "groups", "fit_rules"],
+        ["fit", "fixed", "engagement", "groups", "fit_rules", "rules"],
         "breakdown fields of {line}"
     );
     match field(&j, "trigger") {
@@ -199,8 +199,11 @@ fn assert_field_order(line: &str) {
 struct Run {
     /// Raw output lines.
     lines: Vec<String>,
-    /// Parsed output lines.
+    /// Parsed output lines, without `breakdown.rules` (the expectations below are written
+    /// without it; `rules` holds it).
     out: Vec<Value>,
+    /// Each line's `breakdown.rules`: the rules its trigger scored.
+    rules: Vec<Vec<String>>,
     summary: Summary,
 }
 
@@ -218,8 +221,15 @@ fn run_bytes(model_src: &str, input: &[u8], until_ms: Option<i64>) -> Run {
     for l in &lines {
         assert_field_order(l);
     }
-    let out = lines.iter().map(|l| to_value(&parse(l))).collect();
-    Run { lines, out, summary }
+    let mut out: Vec<Value> = lines.iter().map(|l| to_value(&parse(l))).collect();
+    let rules = out
+        .iter_mut()
+        .map(|t| {
+            let rules = t["breakdown"].as_object_mut().and_then(|b| b.remove("rules")).expect("breakdown.rules");
+            serde_json::from_value(rules).expect("breakdown.rules is a list of rule ids")
+        })
+        .collect();
+    Run { lines, out, rules, summary }
 }
 
 fn run(model_src: &str, events: &[&str], until_ms: Option<i64>) -> Run {
@@ -613,6 +623,54 @@ limit = { count = 2, per = "1h" }
     assert_eq!((s.events, s.leads, s.qualified, s.transitions), (10, 2, 1, 1));
     assert_eq!(s.average_score, 35.0);
     assert_eq!(s.at.as_deref(), Some("2026-12-01T03:00:00.000Z"));
+}
+
+#[test]
+fn the_breakdown_names_the_rules_the_trigger_scored() {
+    let model_src = r#"
+name = "golden"
+version = "v1"
+[score]
+qualify_at = 25.0
+disqualify_below = 5.0
+half_life = "1h"
+[[rule]]
+id = "visit"
+event = "website_visit"
+points = 10.0
+decays = false
+limit = { count = 1, per = "1h" }
+[[rule]]
+id = "pricing"
+event = "website_visit"
+when = { "properties.path" = { prefix = "/pricing" } }
+points = 10.0
+decays = false
+[[rule]]
+id = "unsub"
+event = "unsubscribe"
+points = -40.0
+"#;
+    let events = [
+        // visit 10, pricing 10: 20 < 25.
+        r#"{"lead_id":"a","type":"website_visit","timestamp":"2026-12-01T00:00:00Z","properties":{"path":"/pricing/x"}}"#,
+        // visit is past its limit (scores 0, not named), pricing 10: 30 >= 25, qualified.
+        r#"{"lead_id":"a","type":"website_visit","timestamp":"2026-12-01T00:01:00Z","properties":{"path":"/pricing"}}"#,
+        // -40: -10 < 5, disqualified.
+        r#"{"lead_id":"a","type":"unsubscribe","timestamp":"2026-12-01T00:02:00Z"}"#,
+    ];
+    // The -40 wears off: 30 - 40·2^(-dt/1h) = 25 at dt = 3h exactly: qualified by decay alone.
+    let r = run(model_src, &events, Some(T0 + 4 * H));
+    let kinds: Vec<(&str, &str)> =
+        r.out.iter().map(|t| (t["type"].as_str().expect("type"), t["at"].as_str().expect("at"))).collect();
+    assert_eq!(
+        kinds,
+        [(Q, "2026-12-01T00:01:00.000Z"), (DQ, "2026-12-01T00:02:00.000Z"), (Q, "2026-12-01T03:02:00.000Z")]
+    );
+    assert_eq!(r.rules, [vec!["pricing".to_string()], vec!["unsub".to_string()], vec![]]);
+    // The summary counts the scored matches of each rule.
+    let counts: Vec<(&str, u64)> = r.summary.rule_matches.iter().map(|(k, &v)| (k.as_str(), v)).collect();
+    assert_eq!(counts, [("pricing", 2), ("unsub", 1), ("visit", 1)]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1232,7 +1290,7 @@ points = 5.0
     // The whole first record, byte for byte, in the style of the spec's example.
     assert_eq!(
         r.lines[0],
-        r#"{"id":"a:golden:1","type":"lead_qualified","lead_id":"a","model":"golden","model_version":"v1","score":29.0,"threshold":10.0,"at":"2026-12-01T00:00:00.000Z","trigger":{"event_id":"a2","type":"up"},"breakdown":{"fit":5.0,"fixed":20.0,"engagement":4.0,"groups":{"web":4.0},"fit_rules":["titled"]}}"#
+        r#"{"id":"a:golden:1","type":"lead_qualified","lead_id":"a","model":"golden","model_version":"v1","score":29.0,"threshold":10.0,"at":"2026-12-01T00:00:00.000Z","trigger":{"event_id":"a2","type":"up"},"breakdown":{"fit":5.0,"fixed":20.0,"engagement":4.0,"groups":{"web":4.0},"fit_rules":["titled"],"rules":["up"]}}"#
     );
     let titled = &["titled"];
     assert_transitions(

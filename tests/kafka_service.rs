@@ -188,6 +188,15 @@ fn end_to_end_equals_replay() {
     assert_eq!(sum_of(&m, "leadscore_transitions_total"), summary.transitions as f64);
     let avg = sample(&m, "leadscore_average_score", &[]);
     assert!((avg - summary.average_score).abs() <= 1e-6 * summary.average_score.abs().max(1.0), "{avg} vs {summary:?}");
+    // Scored matches by rule id, as replay counts them (published every 100 ms: waited for).
+    assert!(summary.rule_matches.values().any(|&n| n > 0), "{summary:?}");
+    assert!(wait_until(Duration::from_secs(10), || {
+        let m = run.metrics();
+        summary
+            .rule_matches
+            .iter()
+            .all(|(rule, &n)| sample(&m, "leadscore_rule_matches_total", &[("rule", rule)]) == n as f64)
+    }));
     run.shutdown();
 }
 

@@ -58,6 +58,9 @@ impl TransitionKind {
 pub struct Trigger {
     pub event_id: Option<String>,
     pub event_type: String,
+    /// Indexes into `Model::rules` of the rules whose points the event scored (matched, and
+    /// within its limit), in file order: the breakdown's `rules`.
+    pub rules: Vec<usize>,
 }
 
 /// The parts of a score, evaluated at the transition's `at`.
@@ -302,6 +305,10 @@ pub struct Engine {
     /// columns of its mask mean anything). Rules read and write it here, and it goes back to
     /// the store once.
     row: Option<Box<[u64; 64]>>,
+    /// Scratch of [`Engine::apply`]: the rules the event being applied scored.
+    scored: Vec<usize>,
+    /// Scored matches by rule since [`Engine::take_rule_matches`] (`leadscore_rule_matches_total`).
+    rule_matches: Vec<u64>,
 }
 
 /// Where a changelog record's named parts go: group name to column, limited rule id to column,
@@ -475,6 +482,8 @@ impl Engine {
             legacy_buckets: HashMap::with_hasher(store::hasher()),
             restore_buckets: HashMap::with_hasher(store::hasher()),
             row: Some(Box::new([0; 64])),
+            scored: Vec::new(),
+            rule_matches: vec![0; model.rules.len()],
             model,
         }
     }
@@ -799,6 +808,7 @@ impl Engine {
 
         // Every matching rule, in file order.
         let model = &*self.model;
+        self.scored.clear();
         if let Some(rules) = self.rules_by_type.get(ev.event_type.as_ref()) {
             // The value at the last property path looked into: the rules of one type mostly
             // read the same path.
@@ -832,6 +842,8 @@ impl Engine {
                         continue;
                     }
                 }
+                self.scored.push(ri as usize);
+                self.rule_matches[ri as usize] += 1;
                 let get = |col: usize| if mask & (1 << col) != 0 { f64::from_bits(row[col]) } else { 0.0 };
                 let (col, value) = if !rule.decays {
                     (self.col_fixed, get(self.col_fixed) + rule.points)
@@ -900,6 +912,7 @@ impl Engine {
             let trigger = Trigger {
                 event_id: ev.event_id.as_deref().map(str::to_owned),
                 event_type: ev.event_type.as_ref().to_owned(),
+                rules: self.scored.clone(),
             };
             out(self.build_transition(slot, kind, a, score, Some(trigger)));
         }
@@ -1144,6 +1157,16 @@ impl Engine {
             self.forget_records(slot, true);
             // Its heap entries die with the generation.
             self.store.remove(slot);
+        }
+    }
+
+    /// Hands over the scored matches by rule (index into `Model::rules`) counted since the last
+    /// call, and starts counting afresh: the service adds them to `leadscore_rule_matches_total`.
+    pub fn take_rule_matches(&mut self, mut each: impl FnMut(usize, u64)) {
+        for (rule, n) in self.rule_matches.iter_mut().enumerate() {
+            if *n > 0 {
+                each(rule, std::mem::take(n));
+            }
         }
     }
 

@@ -540,6 +540,12 @@ impl Committer {
         })
     }
 
+    /// Exactly-once: a transaction is with the committer thread (its end is noticed on the loop's
+    /// next turn, and what the pipeline produces meanwhile waits for it).
+    pub(crate) fn committing(&self) -> bool {
+        self.committing.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn fail(&self, e: PipelineError) {
         error!(code = e.code(), error = %e, "pipeline failure");
         lock(&self.failure).get_or_insert(e);

@@ -238,6 +238,8 @@ struct LocalMetrics {
     repartitioned: LocalIntCounter,
     qualified: LocalIntCounter,
     disqualified: LocalIntCounter,
+    /// `leadscore_rule_matches_total` by the index of the rule in the model.
+    rules: Vec<LocalIntCounter>,
 }
 
 impl LocalMetrics {
@@ -255,11 +257,16 @@ impl LocalMetrics {
             repartitioned: m.repartitioned.local(),
             qualified: transitions(TransitionKind::Qualified),
             disqualified: transitions(TransitionKind::Disqualified),
+            rules: model
+                .rules
+                .iter()
+                .map(|r| m.rule_matches.with_label_values(&[model.name.as_str(), r.id.as_str()]).local())
+                .collect(),
         }
     }
 
     fn flush(&mut self) {
-        for c in self.events.iter_mut().chain(self.rejected.iter_mut()) {
+        for c in self.events.iter_mut().chain(self.rejected.iter_mut()).chain(self.rules.iter_mut()) {
             c.flush();
         }
         self.processing.flush();
@@ -391,10 +398,15 @@ impl Pipeline {
         let mut batch: Vec<BorrowedMessage<'_>> = Vec::with_capacity(BATCH);
         let mut last_slow: Option<Instant> = None;
         while !shutdown.load(Ordering::Relaxed) {
-            // A short first wait: shutdown, crossings and commits are noticed within it. Then
-            // what is already fetched, without waiting, up to a batch.
+            // A short first wait, never past the next commit or crossing tick, so that they are
+            // on time when no record comes (shutdown is noticed within it too); while a
+            // transaction commits, 1 ms, so that its end is noticed at once (what was produced
+            // meanwhile waits for it, and a transition's latency with it). Then what is already
+            // fetched, without waiting, up to a batch.
             let rebalances = c.rebalances.load(Ordering::Relaxed);
-            let mut timeout = Duration::from_millis(20);
+            let until_tick = next_commit.min(next_crossings).saturating_duration_since(Instant::now());
+            let most = if c.committing() { Duration::from_millis(1) } else { Duration::from_millis(20) };
+            let mut timeout = until_tick.min(most);
             while batch.len() < BATCH {
                 match consumer.poll(timeout) {
                     Some(Ok(msg)) => batch.push(msg),
@@ -566,6 +578,8 @@ impl Worker {
                     }
                 }
             }
+            let rules = &mut self.local.rules;
+            e.take_rule_matches(|r, n| rules[r].inc_by(n));
             drop(e);
             for (t, since) in transitions.drain(..) {
                 self.publish(&t, since);
