@@ -12,7 +12,13 @@
 //!    (about 150 bytes each).
 //! 2. Restores every partition with `leadscore::pipeline::restore_tasks`, the code an
 //!    assignment runs, and prints one JSON line: `leads`, `records`, `bytes`, `load_s`,
-//!    `restore_s`, `leads_per_s`, `peak_rss_mib`.
+//!    `settle_s`, `restore_s`, `leads_per_s`, `peak_rss_mib`.
+//!
+//! Between the two, the load is let settle (`settle_s` in the JSON): the kernel writes the
+//! loaded gigabytes back to disk (`sync`) and the broker finishes what the load left it (its
+//! log flushes, the JVM's collections), until the machine is idle: a restore normally reads a
+//! changelog written over hours, not one written a second ago, and on 2 cores whatever the
+//! load leaves running competes with the restore for CPU. `--no-settle` restores at once.
 //!
 //! `--topic T --skip-load` restores an already loaded topic again.
 
@@ -29,6 +35,32 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+}
+
+/// CPU time (user + system, all cores) the machine has spent so far, in clock ticks.
+fn busy_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cpu = stat.lines().next().unwrap_or_default();
+    // cpu user nice system idle iowait irq softirq steal ...
+    let f: Vec<u64> = cpu.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    [0, 1, 2, 5, 6].iter().filter_map(|&i| f.get(i)).sum()
+}
+
+/// Writes dirty pages back, then waits (at most `deadline`) for one second in which the whole
+/// machine used less than a tenth of a core. Returns the seconds it took.
+fn settle(deadline: Duration) -> f64 {
+    let started = Instant::now();
+    // SAFETY: sync(2) has no arguments and no failure mode.
+    unsafe { libc::sync() };
+    let hz = 100.0; // USER_HZ: /proc/stat's unit on Linux
+    while started.elapsed() < deadline {
+        let before = busy_ticks();
+        std::thread::sleep(Duration::from_secs(1));
+        if ((busy_ticks() - before) as f64 / hz) < 0.1 {
+            break;
+        }
+    }
+    started.elapsed().as_secs_f64()
 }
 
 fn peak_rss_mib() -> f64 {
@@ -115,13 +147,15 @@ fn main() {
         load_s = started.elapsed().as_secs_f64();
         eprintln!("loaded {leads} records ({:.0} MiB) into {topic} in {load_s:.1} s", bytes as f64 / 1048576.0);
     }
+    let settle_s =
+        if skip_load || args.iter().any(|a| a == "--no-settle") { 0.0 } else { settle(Duration::from_secs(120)) };
     let tasks: Vec<i32> = (0..partitions as i32).collect();
     let (engines, took) = leadscore::pipeline::restore_tasks(&cfg, Arc::clone(&model), &tasks).expect("restore");
     let restored: usize = engines.iter().map(|(_, e)| e.totals(i64::MIN).leads).sum();
     let restore_s = took.as_secs_f64();
     println!(
         "{{\"topic\":\"{topic}\",\"leads\":{restored},\"records\":{leads},\"bytes\":{bytes},\"load_s\":{load_s:.2},\
-         \"restore_s\":{restore_s:.2},\"leads_per_s\":{:.0},\"peak_rss_mib\":{:.0}}}",
+         \"settle_s\":{settle_s:.1},\"restore_s\":{restore_s:.2},\"leads_per_s\":{:.0},\"peak_rss_mib\":{:.0}}}",
         restored as f64 / restore_s,
         peak_rss_mib()
     );

@@ -28,7 +28,7 @@ pub enum Command {
     /// The service: consume lead activity from Kafka, publish transitions, serve metrics.
     Run {
         /// The service config (TOML); every key can also come from LEADSCORE_* variables.
-        #[arg(long)]
+        #[arg(long, env = "LEADSCORE_CONFIG")]
         config: Option<PathBuf>,
         /// Kafka bootstrap servers (kafka.brokers).
         #[arg(long)]

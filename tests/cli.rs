@@ -45,3 +45,23 @@ fn run_rejects_unknown_environment_variables() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("LEADSCORE_KAFKA_BROKER"), "{out:?}");
 }
+
+/// LEADSCORE_CONFIG names the config file when --config is not given: a mistake in the file it
+/// names is reported (and so the file was read, not silently replaced by defaults).
+#[test]
+fn run_reads_the_config_file_named_by_leadscore_config() {
+    let dir = std::env::temp_dir().join(format!("leadscore-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("leadscore.toml");
+    std::fs::write(&path, "[kafka]\nbrokers = \"127.0.0.1:1\"\ncommit_interval_msec = 5\n").unwrap();
+    let out = leadscore()
+        .args(["run", "--listen", "127.0.0.1:0"])
+        .env("LEADSCORE_CONFIG", &path)
+        .env("LEADSCORE_LOG", "error")
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("commit_interval_msec"), "the file's unknown key not reported: {stderr}");
+}

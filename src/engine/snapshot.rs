@@ -305,6 +305,7 @@ impl Engine {
     /// newest clock). Returns the segment and bucket records that could not be read (each
     /// skipped).
     pub fn finish_restore(&mut self) -> Vec<ChangelogError> {
+        self.fit_memo = Default::default();
         let mut damaged = Vec::new();
         let mut ids = Vec::new();
         for (key, value) in std::mem::take(&mut self.restore_buckets) {
@@ -350,9 +351,9 @@ impl Engine {
     /// Starts loading the lead index entry a restore of this key will look at (see
     /// [`Engine::prefetch`]): a restore reads records of leads spread over the whole state.
     pub fn prefetch_key(&self, key: &[u8]) {
-        if let Ok(id) = std::str::from_utf8(key) {
-            self.store.prefetch_index(self.store.hash(id));
-        }
+        // The bytes' hash is the id's: no UTF-8 check for a hint (the key is checked when the
+        // record is applied; a segment key's prefetch is only wasted).
+        self.store.prefetch_index(self.store.hash_bytes(key));
     }
 
     /// Room for `additional` more leads (a restore knows roughly how many records come).
@@ -456,7 +457,7 @@ impl Engine {
             if self.attrs.len() <= slot as usize {
                 self.attrs.resize_with(slot as usize + 1, || None);
             }
-            let fit = self.fit_sum(attrs.as_deref());
+            let fit = self.fit_sum_memo(attrs.as_deref());
             if fit != 0.0 {
                 row[self.col_fit] = fit.to_bits();
                 mask |= 1 << self.col_fit;

@@ -392,7 +392,13 @@ impl Store {
     /// The hash the index is keyed by.
     #[inline]
     pub fn hash(&self, id: &str) -> u64 {
-        self.hasher.hash_one(id.as_bytes())
+        self.hash_bytes(id.as_bytes())
+    }
+
+    /// [`Store::hash`] of an id's bytes (whether or not they are UTF-8).
+    #[inline]
+    pub fn hash_bytes(&self, id: &[u8]) -> u64 {
+        self.hasher.hash_one(id)
     }
 
     #[inline]

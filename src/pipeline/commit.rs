@@ -335,6 +335,7 @@ fn commit_txn(
     offsets: &rdkafka::TopicPartitionList,
     group: Option<&ConsumerGroupMetadata>,
 ) -> Result<bool, KafkaError> {
+    let started = Instant::now();
     if let Some(group) = group.filter(|_| offsets.count() > 0) {
         loop {
             match producer.send_offsets_to_transaction(offsets, group, TXN_TIMEOUT) {
@@ -352,7 +353,9 @@ fn commit_txn(
     }
     // rust-rdkafka's commit_transaction flushes first, in 100 ms poll slices that always run to
     // their end; with everything delivered already its flush returns at once.
+    let offsets_sent = started.elapsed();
     let _ = wait_delivered(producer, TXN_TIMEOUT);
+    let delivered = started.elapsed();
     if producer.context().failed.load(Ordering::Acquire) > 0 {
         // A record librdkafka refused at send (it gets no delivery report, so the transaction
         // would not fail by itself): committing would lose it.
@@ -361,7 +364,17 @@ fn commit_txn(
     }
     loop {
         match producer.commit_transaction(TXN_TIMEOUT) {
-            Ok(()) => return Ok(true),
+            Ok(()) => {
+                // Where a transaction's time goes (the latency of its output): offsets, the
+                // last deliveries, EndTxn.
+                debug!(
+                    offsets_ms = offsets_sent.as_secs_f64() * 1e3,
+                    delivered_ms = delivered.as_secs_f64() * 1e3,
+                    committed_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "transaction committed"
+                );
+                return Ok(true);
+            }
             Err(e) => match classify(&e) {
                 Failure::Retry => continue,
                 Failure::Abort => {
