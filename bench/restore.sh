@@ -4,10 +4,11 @@
 #   bench/restore.sh            LEADS=10000000 PARTITIONS=6
 #
 # Loads LEADS changelog records (one per lead, ~190 bytes with key) into a fresh compacted topic
-# on the local broker, then restores every partition with leadscore's own restore code
-# (examples/restore_bench.rs) and prints its JSON line: leads, load_s, restore_s, leads_per_s,
-# peak_rss_mib. Starts the broker (scripts/kafka start) if it is not running and stops it at the
-# end only if it started it; deletes the topic at the end.
+# on the local broker, then restores every partition with leadscore's own restore code in a
+# fresh process (examples/restore_bench.rs) and prints one JSON line: leads, records, bytes,
+# load_s, settle_s, restore_s, leads_per_s, peak_rss_mib (the restoring process's). Starts the
+# broker (scripts/kafka start) if it is not running and stops it at the end only if it started
+# it; deletes the topic at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LEADS=${LEADS:-10000000}
@@ -26,4 +27,9 @@ cleanup() {
 }
 trap cleanup EXIT
 echo "== restore: $LEADS leads, $PARTITIONS partitions, $(nproc) cores; load average $(cut -d' ' -f1-3 /proc/loadavg)"
-target/release/examples/restore_bench --brokers "$BROKERS" --leads "$LEADS" --partitions "$PARTITIONS" --topic "$TOPIC"
+# Loaded by one process, restored by another (a restarted instance); one JSON line of both.
+ARGS=(--brokers "$BROKERS" --leads "$LEADS" --partitions "$PARTITIONS" --topic "$TOPIC")
+LOADED=$(target/release/examples/restore_bench "${ARGS[@]}" --load-only | grep '^{')
+RESTORED=$(target/release/examples/restore_bench "${ARGS[@]}" --skip-load | grep '^{')
+python3 -c 'import json, sys; r = json.loads(sys.argv[2]); r.update(json.loads(sys.argv[1])); print(json.dumps(r))' \
+  "$LOADED" "$RESTORED"
