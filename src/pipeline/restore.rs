@@ -257,11 +257,11 @@ impl RestoreMalloc {
 }
 
 impl Drop for RestoreMalloc {
-    /// Where glibc's dynamic thresholds end up in a busy process (any mallopt turns them off):
-    /// buffers up to 32 MiB from the heap, and free top trimmed past twice that; the pad back
-    /// to its default (128 KiB, `man mallopt`). Not the defaults' 128 KiB trim threshold: the
-    /// pipeline allocates and frees megabytes per batch and per commit, and trimming each time
-    /// measured transitions 10 times later at 50k events/s (bench/run's latency stage).
+    /// Where glibc's dynamic thresholds end up in a busy process (any mallopt turns them off,
+    /// so they no longer move by themselves): buffers up to 32 MiB from the heap, free top
+    /// trimmed past twice that; the pad back to its default (128 KiB, `man mallopt`). Not the
+    /// static 128 KiB trim threshold: the pipeline allocates and frees buffers of megabytes per
+    /// batch and per commit, which would then go back to the kernel and fault in again.
     fn drop(&mut self) {
         Self::set(128 << 10, 64 << 20, None);
     }
