@@ -65,3 +65,17 @@ fn run_reads_the_config_file_named_by_leadscore_config() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("commit_interval_msec"), "the file's unknown key not reported: {stderr}");
 }
+
+/// The demo stops without an error line: every Kafka client is gone before its in-process
+/// broker is (the committer thread held the producer past the service's shutdown, whose
+/// connections then logged "all brokers down" at error level).
+#[test]
+fn demo_stops_without_error_lines() {
+    let out =
+        leadscore().args(["demo", "--listen", "127.0.0.1:0", "--duration-s", "4", "--rate", "500"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("demo stopped"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("ERROR"), "error lines: {stderr}");
+}

@@ -487,6 +487,10 @@ pub struct Committer {
     committing: AtomicBool,
     deferred: Mutex<Vec<Deferred>>,
     jobs: Mutex<Option<Sender<Job>>>,
+    /// The committer thread, joined on drop: it holds the producer, which must be gone (its
+    /// queue flushed, its connections closed) before the caller goes on, e.g. before the demo
+    /// stops its in-process broker.
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Emptied changelog batches, for reuse.
     spare: Arc<Mutex<Vec<ChangelogBatch>>>,
     /// Changelog batches handed to the committer thread and not produced yet (at-least-once).
@@ -505,6 +509,16 @@ pub struct Committer {
     pub(crate) rebalances: AtomicU64,
 }
 
+impl Drop for Committer {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread once it has done what it was given.
+        lock(&self.jobs).take();
+        if let Some(t) = lock(&self.thread).take() {
+            let _ = t.join();
+        }
+    }
+}
+
 impl Committer {
     pub(crate) fn new(
         cfg: Config,
@@ -520,14 +534,14 @@ impl Committer {
         let (done_tx, done) = std::sync::mpsc::channel();
         let spare = Arc::new(Mutex::new(Vec::new()));
         let pending_batches = Arc::new(AtomicU64::new(0));
-        {
+        let thread = {
             let (p, topic) = (Arc::clone(&producer), cfg.kafka.state_topic.clone());
             let (spare, pending) = (Arc::clone(&spare), Arc::clone(&pending_batches));
             std::thread::Builder::new()
                 .name("leadscore-commit".into())
                 .spawn(move || run_commits(p, topic, job_queue, done_tx, spare, pending))
-                .map_err(|e| PipelineError::Restore(format!("cannot start the committer thread: {e}")))?;
-        }
+                .map_err(|e| PipelineError::Restore(format!("cannot start the committer thread: {e}")))?
+        };
         Ok(Committer {
             repartition_topic: cfg.kafka.repartition_topic(),
             cfg,
@@ -541,6 +555,7 @@ impl Committer {
             committing: AtomicBool::new(false),
             deferred: Mutex::new(Vec::new()),
             jobs: Mutex::new(Some(jobs)),
+            thread: Mutex::new(Some(thread)),
             spare,
             pending_batches,
             done: Mutex::new(done),
