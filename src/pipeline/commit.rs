@@ -493,7 +493,7 @@ pub struct Committer {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Emptied changelog batches, for reuse.
     spare: Arc<Mutex<Vec<ChangelogBatch>>>,
-    /// Changelog batches handed to the committer thread and not produced yet (at-least-once).
+    /// Changelog batches handed to the committer thread and not produced yet.
     pending_batches: Arc<AtomicU64>,
     done: Mutex<Receiver<CommitDone>>,
     /// The current epoch (at-least-once).
@@ -678,7 +678,7 @@ impl Committer {
         batch
     }
 
-    /// At-least-once: hands the changelog records of the interval to the committer thread.
+    /// Hands the changelog records of the leads changed so far to the committer thread.
     fn send_changelog(&self) -> Result<(), PipelineError> {
         let batch = self.encode_changelog();
         if batch.records.is_empty() {
@@ -693,7 +693,19 @@ impl Committer {
         Ok(())
     }
 
-    /// At-least-once: waits until the committer thread has produced every batch handed to it.
+    /// Exactly-once, halfway through a commit interval: the changelog records of the leads
+    /// changed so far join the open transaction now, so that the commit has only the second
+    /// half's to deliver before EndTxn. Deliveries were most of a commit's time (at 50k
+    /// events/s, 12 of 13 ms median), and a commit's time is added to every transition's
+    /// latency. A lead changed in both halves is written twice.
+    pub(crate) fn send_changelog_early(&self) -> Result<(), PipelineError> {
+        if !self.exactly_once || self.committing.load(Ordering::Relaxed) || !self.txn_open.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        self.send_changelog()
+    }
+
+    /// Waits until the committer thread has produced every batch handed to it.
     fn wait_batches_sent(&self, timeout: Duration) -> Result<(), PipelineError> {
         let deadline = Instant::now() + timeout;
         while self.pending_batches.load(Ordering::Acquire) > 0 {
@@ -914,6 +926,9 @@ impl Committer {
     /// assignment: nothing of ours may commit from here); the caller rolls the state back.
     pub(crate) fn abort(&self) -> Result<Committed, PipelineError> {
         self.transaction_done(true)?;
+        // An early changelog batch still with the committer thread would be produced into
+        // the aborted transaction's place.
+        self.wait_batches_sent(TXN_TIMEOUT)?;
         lock(&self.deferred).clear();
         let mut txn = lock(&self.txn);
         if txn.open {

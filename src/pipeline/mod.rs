@@ -388,6 +388,8 @@ impl Pipeline {
         consumer.subscribe(&topics).map_err(PipelineError::Subscribe)?;
         let interval = Duration::from_millis(c.cfg.kafka.commit_interval_ms);
         let mut next_commit = Instant::now() + interval;
+        // Exactly-once: whether this interval's early changelog batch went out.
+        let mut early_changelog = false;
         let mut next_crossings = Instant::now() + CROSSING_TICK;
         info!(
             topics = ?c.cfg.kafka.input_topics,
@@ -453,8 +455,13 @@ impl Pipeline {
                 next_crossings = now + CROSSING_TICK;
                 crossings = now.elapsed();
             }
+            if !early_changelog && now + interval / 2 >= next_commit {
+                c.send_changelog_early()?;
+                early_changelog = true;
+            }
             let mut committing = Duration::ZERO;
             if now >= next_commit {
+                early_changelog = false;
                 // Paced from the start of the commit, so the commit's own duration does not
                 // stretch the interval (and the time output waits to become visible).
                 next_commit = now + interval;
