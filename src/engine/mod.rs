@@ -209,33 +209,13 @@ struct FitMemo {
     key: Vec<u8>,
 }
 
-/// An encoding of a lead's fit attributes that tells any two sets of values apart (a tag per
-/// attribute, strings with their length): the key of [`Engine::fit_sum_memo`].
+/// The key of [`Engine::fit_sum_memo`]: the fit attributes as a changelog record encodes them
+/// (self-delimiting, so two different sets of values never share a key).
 fn fit_memo_key(attrs: Option<&[Option<Attr>]>, key: &mut Vec<u8>) {
     key.clear();
-    let Some(attrs) = attrs else {
-        key.push(0xff);
-        return;
-    };
-    for a in attrs {
-        match a {
-            None => key.push(0),
-            Some(Attr::Str(s)) => {
-                key.push(1);
-                key.extend_from_slice(&(s.len() as u64).to_le_bytes());
-                key.extend_from_slice(s.as_bytes());
-            }
-            Some(Attr::Num(crate::model::Number::Int(i))) => {
-                key.push(2);
-                key.extend_from_slice(&i.to_le_bytes());
-            }
-            Some(Attr::Num(crate::model::Number::Float(f))) => {
-                key.push(3);
-                key.extend_from_slice(&f.to_bits().to_le_bytes());
-            }
-            Some(Attr::Bool(b)) => key.extend_from_slice(&[4, u8::from(*b)]),
-            Some(Attr::Composite) => key.push(5),
-        }
+    match attrs {
+        None => key.push(0xff),
+        Some(attrs) => attrs.iter().for_each(|a| snapshot::put_attr(key, a.as_ref())),
     }
 }
 

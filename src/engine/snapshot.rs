@@ -202,20 +202,7 @@ impl Engine {
             out.extend_from_slice(&count16(attrs.len()));
             for (name, value) in self.attr_names.iter().zip(attrs.iter()) {
                 put_str(out, name);
-                match value {
-                    None => out.push(0),
-                    Some(Attr::Str(s)) => {
-                        out.push(1);
-                        out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-                        out.extend_from_slice(s.as_bytes());
-                    }
-                    Some(Attr::Num(n)) => crate::changelog::put_number(out, *n),
-                    Some(Attr::Bool(b)) => {
-                        out.push(3);
-                        out.push(u8::from(*b));
-                    }
-                    Some(Attr::Composite) => out.push(4),
-                }
+                put_attr(out, value.as_ref());
             }
         }
         out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
@@ -488,6 +475,26 @@ impl Engine {
         self.store.ids_build(slot, &ids);
         self.import_ids = ids;
         Ok(())
+    }
+}
+
+/// An attribute value as a changelog record holds it: a tag, then the value (a string with its
+/// length), so that a run of values reads back unambiguously. Also the key of the restore's fit
+/// memo ([`Engine::fit_sum_memo`]).
+pub(super) fn put_attr(out: &mut Vec<u8>, value: Option<&Attr>) {
+    match value {
+        None => out.push(0),
+        Some(Attr::Str(s)) => {
+            out.push(1);
+            out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            out.extend_from_slice(s.as_bytes());
+        }
+        Some(Attr::Num(n)) => crate::changelog::put_number(out, *n),
+        Some(Attr::Bool(b)) => {
+            out.push(3);
+            out.push(u8::from(*b));
+        }
+        Some(Attr::Composite) => out.push(4),
     }
 }
 
