@@ -230,6 +230,18 @@ pub enum AttrValue {
     Composite,
 }
 
+impl AttrValue {
+    /// The value, borrowed.
+    pub fn borrowed(&self) -> AttrRef<'_> {
+        match self {
+            AttrValue::Str(s) => AttrRef::Str(s),
+            AttrValue::Num(n) => AttrRef::Num(*n),
+            AttrValue::Bool(b) => AttrRef::Bool(*b),
+            AttrValue::Composite => AttrRef::Composite,
+        }
+    }
+}
+
 /// The whole state of one lead.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LeadRecord {
@@ -317,6 +329,26 @@ pub(crate) fn put_number(out: &mut Vec<u8>, n: Number) {
     }
 }
 
+/// An attribute value as a record holds it: a tag, then the value (a string with its length),
+/// so that a run of values reads back unambiguously. The one encoder of attribute values: the
+/// engine writes its records with it, and keys its restore's fit memo by it.
+pub(crate) fn put_attr(out: &mut Vec<u8>, value: Option<AttrRef<'_>>) {
+    match value {
+        None => out.push(0),
+        Some(AttrRef::Str(s)) => {
+            out.push(1);
+            out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            out.extend_from_slice(s.as_bytes());
+        }
+        Some(AttrRef::Num(n)) => put_number(out, n),
+        Some(AttrRef::Bool(b)) => {
+            out.push(3);
+            out.push(u8::from(b));
+        }
+        Some(AttrRef::Composite) => out.push(4),
+    }
+}
+
 pub(crate) fn count16(n: usize) -> [u8; 2] {
     u16::try_from(n).expect("at most 64 columns or attributes").to_le_bytes()
 }
@@ -359,20 +391,7 @@ pub fn encode_record(r: &LeadRecord, out: &mut Vec<u8>) {
         out.extend_from_slice(&count16(attrs.len()));
         for (name, value) in attrs {
             put_str(out, name);
-            match value {
-                None => out.push(0),
-                Some(AttrValue::Str(s)) => {
-                    out.push(1);
-                    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-                    out.extend_from_slice(s.as_bytes());
-                }
-                Some(AttrValue::Num(n)) => put_number(out, *n),
-                Some(AttrValue::Bool(b)) => {
-                    out.push(3);
-                    out.push(u8::from(*b));
-                }
-                Some(AttrValue::Composite) => out.push(4),
-            }
+            put_attr(out, value.as_ref().map(AttrValue::borrowed));
         }
     }
     out.extend_from_slice(&(r.event_ids.len() as u32).to_le_bytes());

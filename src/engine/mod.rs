@@ -215,7 +215,7 @@ fn fit_memo_key(attrs: Option<&[Option<Attr>]>, key: &mut Vec<u8>) {
     key.clear();
     match attrs {
         None => key.push(0xff),
-        Some(attrs) => attrs.iter().for_each(|a| snapshot::put_attr(key, a.as_ref())),
+        Some(attrs) => attrs.iter().for_each(|a| crate::changelog::put_attr(key, a.as_ref().map(Attr::borrowed))),
     }
 }
 

@@ -13,11 +13,16 @@ use crate::changelog::{
 
 impl Attr {
     fn to_record(&self) -> AttrValue {
+        self.borrowed().to_owned_value()
+    }
+
+    /// The value as the changelog's borrowed form.
+    pub(super) fn borrowed(&self) -> AttrRef<'_> {
         match self {
-            Attr::Str(s) => AttrValue::Str(s.to_string()),
-            Attr::Num(n) => AttrValue::Num(*n),
-            Attr::Bool(b) => AttrValue::Bool(*b),
-            Attr::Composite => AttrValue::Composite,
+            Attr::Str(s) => AttrRef::Str(s),
+            Attr::Num(n) => AttrRef::Num(*n),
+            Attr::Bool(b) => AttrRef::Bool(*b),
+            Attr::Composite => AttrRef::Composite,
         }
     }
 
@@ -152,7 +157,9 @@ impl Engine {
     /// engine's state: a commit writes one per lead changed in the interval, so it must not
     /// allocate.
     fn encode_slot(&self, slot: u32, out: &mut Vec<u8>, ids: &[(u64, i64)], segments: (u32, u32)) {
-        use crate::changelog::{count16, put_str, HAS_ATTRIBUTES, HAS_FIXED, HAS_UNGROUPED, QUALIFIED, VERSION};
+        use crate::changelog::{
+            count16, put_attr, put_str, HAS_ATTRIBUTES, HAS_FIXED, HAS_UNGROUPED, QUALIFIED, VERSION,
+        };
         let core = &self.store.cores[slot as usize];
         let (mask, _) = self.store.row(slot);
         let has = |col: usize| mask & (1 << col) != 0;
@@ -202,7 +209,7 @@ impl Engine {
             out.extend_from_slice(&count16(attrs.len()));
             for (name, value) in self.attr_names.iter().zip(attrs.iter()) {
                 put_str(out, name);
-                put_attr(out, value.as_ref());
+                put_attr(out, value.as_ref().map(Attr::borrowed));
             }
         }
         out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
@@ -475,26 +482,6 @@ impl Engine {
         self.store.ids_build(slot, &ids);
         self.import_ids = ids;
         Ok(())
-    }
-}
-
-/// An attribute value as a changelog record holds it: a tag, then the value (a string with its
-/// length), so that a run of values reads back unambiguously. Also the key of the restore's fit
-/// memo ([`Engine::fit_sum_memo`]).
-pub(super) fn put_attr(out: &mut Vec<u8>, value: Option<&Attr>) {
-    match value {
-        None => out.push(0),
-        Some(Attr::Str(s)) => {
-            out.push(1);
-            out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-            out.extend_from_slice(s.as_bytes());
-        }
-        Some(Attr::Num(n)) => crate::changelog::put_number(out, *n),
-        Some(Attr::Bool(b)) => {
-            out.push(3);
-            out.push(u8::from(*b));
-        }
-        Some(Attr::Composite) => out.push(4),
     }
 }
 
